@@ -1,0 +1,134 @@
+"""The one exception tree of coder-bridge.
+
+Layers switch on the class, never on the message text::
+
+    BridgeError
+    ├── ConfigError            a configuration value is missing or wrong (names the key)
+    ├── UserError              a CLI user asked for something impossible (exit status 1)
+    ├── WebhookError           an inbound delivery is unacceptable; carries the HTTP status
+    │   ├── SignatureError     401: missing or wrong signature, stale timestamp
+    │   ├── MalformedPayload   400: not JSON, or JSON without the fields we need
+    │   └── PayloadTooLarge    413: body over ``server.max_body_bytes``
+    ├── VaultError             a stored token cannot be encrypted or decrypted
+    ├── StoreError             the database failed or holds something unexpected
+    └── RemoteError            a call to Coder, GitHub or Linear failed
+        ├── TransientError     worth retrying: timeouts, connection errors, 5xx, 429
+        │   └── RateLimited    the remote asked us to slow down (``retry_after`` set when known)
+        └── PermanentError     retrying the same request will not help (other 4xx)
+            ├── TokenRejected  401: the credential is bad (expired, revoked, malformed)
+            ├── NotFound       404 about an object (never about a route)
+            ├── RouteNotFound  404 "Route not found.": the server lacks this API or prefix
+            └── Conflict       409: e.g. the deterministic task name is already taken
+
+Messages of ``RemoteError`` are plain words meant for an issue comment: they
+never contain a token, a header, or a request body.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class of every error raised on purpose by coder-bridge."""
+
+
+class ConfigError(BridgeError):
+    """A configuration value is missing or invalid; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.problem = message
+
+
+class UserError(BridgeError):
+    """A CLI request that cannot be done; the message is shown as is, exit status 1."""
+
+
+class WebhookError(BridgeError):
+    """An inbound delivery that must be refused with ``status``."""
+
+    status = 400
+    reason = "malformed"
+
+
+class SignatureError(WebhookError):
+    """The signature is missing or matches no configured secret, or the delivery is stale."""
+
+    status = 401
+    reason = "signature"
+
+
+class MalformedPayload(WebhookError):
+    """The body is not the JSON we expect."""
+
+    status = 400
+    reason = "malformed"
+
+
+class PayloadTooLarge(WebhookError):
+    """The body exceeds ``server.max_body_bytes``."""
+
+    status = 413
+    reason = "too_large"
+
+
+class VaultError(BridgeError):
+    """A token cannot be encrypted or decrypted (unknown key id, tampered or moved row)."""
+
+
+class StoreError(BridgeError):
+    """The database failed, or holds data the code cannot interpret."""
+
+
+class RemoteError(BridgeError):
+    """A call to a remote service failed.
+
+    ``service`` is ``"coder"``, ``"github"`` or ``"linear"``; ``status`` the HTTP
+    status when there was a response; ``message`` plain words safe for a comment.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.service}: {self.message}{where}"
+
+
+class TransientError(RemoteError):
+    """Worth retrying later: timeout, connection failure, 5xx, 429."""
+
+
+class RateLimited(TransientError):
+    """The remote asked us to slow down; ``retry_after`` is seconds to wait, if known."""
+
+
+class PermanentError(RemoteError):
+    """The same request will fail again; report it instead of retrying."""
+
+
+class TokenRejected(PermanentError):
+    """401: the credential we sent is not accepted."""
+
+
+class NotFound(PermanentError):
+    """404 about an object (it does not exist or the caller may not see it)."""
+
+
+class RouteNotFound(PermanentError):
+    """404 "Route not found.": this server does not serve the API or prefix we called."""
+
+
+class Conflict(PermanentError):
+    """409: the request conflicts with existing state (e.g. a name already in use)."""

@@ -1,0 +1,69 @@
+"""Every Prometheus metric of coder-bridge is defined here and nowhere else.
+
+Label sets stay small and bounded: tracker, outcome, reason, kind, status
+class. Never a user, an issue, a delivery id or a token.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DELIVERIES = Counter(
+    "coder_bridge_deliveries_total",
+    "Webhook deliveries by tracker and outcome (accepted, duplicate, ignored, rejected).",
+    ["tracker", "outcome", "reason"],
+    registry=REGISTRY,
+)
+SIGNATURE_FAILURES = Counter(
+    "coder_bridge_signature_failures_total",
+    "Deliveries refused because of a missing, wrong or stale signature.",
+    ["tracker"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "coder_bridge_queue_depth", "Jobs queued or running.", registry=REGISTRY
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "coder_bridge_queue_oldest_age_seconds",
+    "Age of the oldest job waiting to run.",
+    registry=REGISTRY,
+)
+JOB_ATTEMPTS = Counter(
+    "coder_bridge_job_attempts_total", "Job attempts started.", registry=REGISTRY
+)
+JOBS = Counter(
+    "coder_bridge_jobs_total",
+    "Job attempts by result (done, retry, failed, released).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+DELEGATIONS = Counter(
+    "coder_bridge_delegations_total",
+    "Delegations by outcome (created, existing, needs_link, token_invalid, failed, gave_up).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+API_CALLS = Counter(
+    "coder_bridge_api_calls_total",
+    "Calls to Coder and tracker APIs by service, endpoint kind and status class.",
+    ["service", "endpoint", "status"],
+    registry=REGISTRY,
+)
+API_LATENCY = Histogram(
+    "coder_bridge_api_call_seconds",
+    "Latency of calls to Coder and tracker APIs.",
+    ["service", "endpoint"],
+    registry=REGISTRY,
+)
+TOKENS_INVALID = Counter(
+    "coder_bridge_tokens_invalid_total",
+    "Stored Coder tokens found invalid (Coder answered 401).",
+    registry=REGISTRY,
+)
+WORKER_HEARTBEAT = Gauge(
+    "coder_bridge_worker_heartbeat_timestamp_seconds",
+    "When the worker loop last completed a cycle (UNIX time).",
+    registry=REGISTRY,
+)

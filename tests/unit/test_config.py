@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from service.config import InvalidConfig, Secret, load_config, resolve_config_path
+from tests.conftest import REPO
+
+KEY = base64.b64encode(b"k" * 32).decode()
+ENV = {
+    "CODER_BRIDGE_KEY": KEY,
+    "GITHUB_WEBHOOK_SECRET": "hook-secret",
+    "GITHUB_TOKEN": "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = f"""
+[security]
+encryption_keys = ["{KEY}"]
+[coder]
+url = "https://coder.example.com/"
+template = "tasks-docker"
+"""
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(InvalidConfig) as info:
+        load_config(write(tmp_path, text), env or {})
+    return {p.key: p.problem for p in info.value.problems}
+
+
+def test_example_config_loads_with_its_environment() -> None:
+    config = load_config(REPO / "config.example.toml", ENV)
+    assert config.coder.url == "https://coder.example.com"
+    assert config.github is not None
+    assert config.github.webhook_secrets == (Secret("hook-secret"),)
+    assert config.github.trigger_label == "delegate-to-agent"
+    assert config.security.encryption_keys == (b"k" * 32,)
+    assert config.route_for("github", "acme/widgets") == ("python-agent", "large")
+    assert config.route_for("github", "other/repo") == ("tasks-docker", "")
+
+
+def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), {})
+    assert config.server.port == 8080
+    assert config.server.public_url == "http://127.0.0.1:8080"
+    assert config.coder.url == "https://coder.example.com"
+    assert config.worker.max_attempts == 8
+    assert config.github is None and config.linear is None
+    assert config.delegation.acting_user == ("author",)
+
+
+def test_every_problem_is_reported_with_its_key(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+[server]
+port = 70000
+prot = 1
+[security]
+encryption_keys = ["not-base64!"]
+[coder]
+url = "ftp://x"
+api = "soap"
+[github]
+token = "env:MISSING_TOKEN"
+[delegation]
+acting_user = ["author", "boss"]
+[worker]
+concurrency = 0
+[[routes]]
+match = { provider = "linear", repository = "a/*" }
+template = "t"
+""")
+    assert "must be at most 65535" in found["server.port"]
+    assert "unknown key" in found["server.prot"]
+    assert "32 bytes" in found["security.encryption_keys[0]"]
+    assert "http(s) URL" in found["coder.url"]
+    assert "soap" in found["coder.api"]
+    assert "is required" in found["github.webhook_secret"]
+    assert "MISSING_TOKEN is not set" in found["github.token"]
+    assert "'boss'" in found["delegation.acting_user"]
+    assert "at least 1" in found["worker.concurrency"]
+    assert "only applies" in found["routes[0].match.repository"]
+
+
+def test_missing_coder_section_and_keys_are_errors(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[server]\nport = 8081\n")
+    assert "required" in found["coder"]
+    assert "at least one key" in found["security.encryption_keys"]
+
+
+def test_file_reference_strips_one_newline(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s3cret\n")
+    config = load_config(write(tmp_path, MINIMAL + f"""
+[github]
+webhook_secret = ["file:{secret_file}", "second"]
+token = "t"
+"""), {})
+    assert config.github is not None
+    assert [s.reveal() for s in config.github.webhook_secrets] == ["s3cret", "second"]
+
+
+def test_unreadable_file_reference_names_key(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "file:/nonexistent/secret"
+token = "t"
+""")
+    assert "cannot read /nonexistent/secret" in found["github.webhook_secret[0]"]
+
+
+def test_github_token_and_app_are_exclusive(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "s"
+token = "t"
+app_id = 5
+""")
+    assert "not both" in found["github.token"]
+    assert "together" in found["github.private_key"]
+
+
+def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "hook-secret-value"
+token = "ghp_tokenvalue"
+"""), {})
+    text = repr(config)
+    assert "hook-secret-value" not in text
+    assert "ghp_tokenvalue" not in text
+    assert KEY not in text and repr(b"k" * 32) not in text
+
+
+def test_invalid_toml_is_one_clear_problem(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[server\n")
+    assert "not valid TOML" in found["--config"]
+
+
+def test_config_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_path(None, {}) is None
+    assert resolve_config_path(None, {"CODER_BRIDGE_CONFIG": "/etc/x.toml"}) == Path("/etc/x.toml")
+    (tmp_path / "config.toml").write_text("")
+    assert resolve_config_path(None, {}) == Path("config.toml")
+    assert resolve_config_path("other.toml", {"CODER_BRIDGE_CONFIG": "/x"}) == Path("other.toml")
+
+
+def test_development_defaults_when_no_file() -> None:
+    config = load_config(None, {})
+    assert config.is_development_default
+    assert config.storage.url == "sqlite:///./data/coder-bridge.db"
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)

@@ -1,0 +1,150 @@
+"""Pure core: prompt, comments, retry policy, delegation decisions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.coder.base import CreatedWork
+from service.core import comments
+from service.core.delegation import (
+    CheckActive,
+    Continue,
+    StartNew,
+    acting_candidates,
+    plan_delegation,
+    task_name,
+)
+from service.core.events import IssueEvent, Person
+from service.core.prompt import MAX_PROMPT_BYTES, render_prompt
+from service.core.retry import GiveUp, RetryIn, decide_retry
+from service.store.base import Delegation
+
+EVENT = IssueEvent(
+    tracker="github", delivery_id="d-1", issue_key="github:186853002:1", issue_id="444500041",
+    number="1", title="Spelling error in the README file", body="It says teh.",
+    url="https://github.com/Codertocat/Hello-World/issues/1", scope="Codertocat/Hello-World",
+    author=Person("21031067", "Codertocat"), labeler=Person("7", "lab"),
+)
+
+
+def delegation(**changes: object) -> Delegation:
+    base: dict[str, object] = dict(
+        id=1, issue_key=EVENT.issue_key, generation=1, tracker="github", delivery_id="d-1",
+        state="pending", account_id=None, task_kind=None, task_id=None, task_name=None,
+        task_url=None, comment_id=None, attempts=0, last_error=None, created_at=0.0,
+        updated_at=0.0)
+    base.update(changes)
+    return Delegation(**base)  # type: ignore[arg-type]
+
+
+def test_event_round_trips_through_json() -> None:
+    assert IssueEvent.from_json(EVENT.to_json()) == EVENT
+    anonymous = IssueEvent(**{**EVENT.__dict__, "author": None, "labeler": None})
+    assert IssueEvent.from_json(anonymous.to_json()) == anonymous
+
+
+def test_prompt_carries_title_body_url_repository_and_requester() -> None:
+    prompt = render_prompt(EVENT, requested_by="@Codertocat", acting_as="the issue's author")
+    assert "GitHub issue Codertocat/Hello-World#1: Spelling error in the README file" in prompt
+    assert "Issue: https://github.com/Codertocat/Hello-World/issues/1" in prompt
+    assert "Repository: Codertocat/Hello-World" in prompt
+    assert "Requested by: @Codertocat (the issue's author)" in prompt
+    assert "<issue-description>\nIt says teh.\n</issue-description>" in prompt
+
+
+def test_long_body_is_clipped_under_64_kib_and_says_so() -> None:
+    body = "é" * 100_000  # 200 000 bytes of two-byte characters
+    event = IssueEvent(**{**EVENT.__dict__, "body": body})
+    prompt = render_prompt(event, requested_by="@a", acting_as="x")
+    assert len(prompt.encode()) <= MAX_PROMPT_BYTES
+    assert "clipped this description: it is 200000 bytes long" in prompt
+    assert EVENT.url in prompt.split("clipped")[1]
+    prompt.encode().decode()  # still valid UTF-8
+
+
+def test_empty_body_is_named() -> None:
+    event = IssueEvent(**{**EVENT.__dict__, "body": "  "})
+    assert "(The issue has no description.)" in render_prompt(event, requested_by="a",
+                                                               acting_as="b")
+
+
+def test_task_name_is_deterministic_and_valid_for_coder() -> None:
+    name = task_name("github:1:2#1")
+    assert name == task_name("github:1:2#1") != task_name("github:1:2#2")
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name) and len(name) <= 32
+
+
+def test_comment_marker_is_hidden_and_stable() -> None:
+    work = CreatedWork("task", "tid", "https://c/tasks/alice/tid", "alice", "pending")
+    body = comments.render_task_comment(work, delegation_key="k#1", acting_login="alice")
+    assert body.endswith(comments.render_marker("k#1"))
+    assert comments.render_marker("k#1").startswith("<!--")
+    assert "https://c/tasks/alice/tid" in body
+
+
+def test_needs_link_comment_explains_how_to_link() -> None:
+    help_ = comments.LinkHelp("https://bridge.example.com", "https://coder.example.com")
+    body = comments.render_needs_link_comment(EVENT, delegation_key="k#1",
+                                              person_login="@Codertocat",
+                                              person_id="21031067", help=help_)
+    assert "coder-bridge users link --github-id 21031067 --coder-token-stdin" in body
+    assert "https://bridge.example.com" in body
+    assert "https://coder.example.com/settings/tokens" in body
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "jitter", "expected"),
+    [
+        (1, None, 0.0, RetryIn(1.0)),
+        (1, None, 0.999, RetryIn(1.999)),
+        (3, None, 1.0, RetryIn(8.0)),
+        (2, 30.0, 0.0, RetryIn(30.0)),
+        (20, None, 1.0, GiveUp()),
+        (8, None, 0.5, GiveUp()),
+        (7, None, 1.0, RetryIn(128.0)),
+    ],
+)
+def test_retry_policy(attempt: int, retry_after: float | None, jitter: float,
+                      expected: object) -> None:
+    decision = decide_retry(attempt=attempt, max_attempts=8, retry_after=retry_after,
+                            jitter=jitter)
+    if isinstance(expected, RetryIn):
+        assert isinstance(decision, RetryIn)
+        assert decision.seconds == pytest.approx(expected.seconds)
+    else:
+        assert decision == expected
+
+
+def test_backoff_is_capped() -> None:
+    decision = decide_retry(attempt=30, max_attempts=100, retry_after=None, jitter=1.0)
+    assert decision == RetryIn(600.0)
+
+
+def test_plan_new_issue_starts_generation_one() -> None:
+    assert plan_delegation(None, delivery_id="d-1") == StartNew(1)
+
+
+@pytest.mark.parametrize("state", ["pending", "needs_link", "failed", "gave_up"])
+def test_plan_reuses_delegation_without_task(state: str) -> None:
+    current = delegation(state=state, delivery_id="other")
+    assert plan_delegation(current, delivery_id="d-2") == Continue(current)
+
+
+def test_plan_same_delivery_continues_even_with_task() -> None:
+    current = delegation(state="active", task_id="t", task_url="u")
+    assert plan_delegation(current, delivery_id="d-1") == Continue(current)
+
+
+def test_plan_other_delivery_with_task_checks_activity() -> None:
+    current = delegation(state="active", task_id="t", task_url="u")
+    assert plan_delegation(current, delivery_id="d-9") == CheckActive(current)
+
+
+def test_acting_candidates_follow_order_without_repeats() -> None:
+    both = acting_candidates(EVENT, ("labeler", "author"))
+    assert [c.role for c in both] == ["labeler", "author"]
+    same = IssueEvent(**{**EVENT.__dict__, "labeler": EVENT.author})
+    assert [c.role for c in acting_candidates(same, ("author", "labeler"))] == ["author"]
+    assert acting_candidates(IssueEvent(**{**EVENT.__dict__, "author": None}), ("author",)) == []

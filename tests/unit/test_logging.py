@@ -1,0 +1,47 @@
+"""Redaction: no secret reaches a log line, by key or by shape."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import structlog
+
+from service.logging import configure_logging, get_logger, redact_text
+
+CODER_TOKEN = "abcde12345-AbCdEfGhIjKlMnOpQrStUv"
+GITHUB_TOKEN = "ghp_" + "x" * 36
+
+
+def test_token_shapes_are_redacted_in_text() -> None:
+    text = f"token {CODER_TOKEN} and {GITHUB_TOKEN} and Authorization: Bearer eyJhbGciOi.abc.def"
+    redacted = redact_text(text)
+    assert CODER_TOKEN not in redacted and GITHUB_TOKEN not in redacted
+    assert "eyJhbGciOi" not in redacted
+
+
+def test_log_lines_never_carry_secrets(capsys: object) -> None:
+    stream = io.StringIO()
+    configure_logging(json_output=True)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    log = get_logger("test")
+    structlog.contextvars.bind_contextvars(delivery_id="d-1")
+    try:
+        log.info("linking", coder_token=CODER_TOKEN, headers={"Authorization": "Bearer abc"},
+                 note=f"the token was {CODER_TOKEN}", webhook_secret="s3cret-hook")
+        logging.getLogger("uvicorn.error").warning("stdlib says %s", GITHUB_TOKEN)
+        try:
+            raise ValueError(f"boom {CODER_TOKEN}")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    output = stream.getvalue()
+    for secret in (CODER_TOKEN, GITHUB_TOKEN, "s3cret-hook", "Bearer abc"):
+        assert secret not in output
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert lines[0]["event"] == "linking" and lines[0]["delivery_id"] == "d-1"
+    assert lines[1]["logger"] == "uvicorn.error"
