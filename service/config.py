@@ -328,7 +328,8 @@ class _Reader:
         url = self._url(raw, "coder.url", "http://127.0.0.1:3000").rstrip("/")
         api = self._str(raw, "coder.api", "auto")
         if api not in CODER_API_CHOICES:
-            self._problem("coder.api", f"must be one of {', '.join(CODER_API_CHOICES)}, not {api!r}")
+            choices = ", ".join(CODER_API_CHOICES)
+            self._problem("coder.api", f"must be one of {choices}, not {api!r}")
             api = "auto"
         return CoderConfig(
             url=url,

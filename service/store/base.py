@@ -1,0 +1,262 @@
+"""The storage contract: one Protocol, implemented by ``sqlite.SQLiteStore`` (and PostgreSQL).
+
+Tables (see ``migrations/``): ``accounts`` + ``identities`` (linked users and
+their encrypted Coder tokens), ``deliveries`` (one row per accepted delivery,
+unique per tracker and delivery id), ``jobs`` (the durable queue, with leases),
+``delegations`` (one row per issue and generation: what we did about it).
+
+Times are UNIX seconds as floats. Methods that decide on time take ``now`` from
+the caller, so tests control the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+TokenStatus = Literal["valid", "invalid"]
+JobStatus = Literal["queued", "running", "done", "failed"]
+DelegationState = Literal[
+    "pending",       # being worked on; no task yet
+    "task_created",  # the task/chat exists; the comment may not be posted yet
+    "active",        # task exists and the issue carries its link: done, from our side
+    "needs_link",    # nobody linked; the issue says how to link
+    "failed",        # a permanent error; the issue says why
+    "gave_up",       # transient errors until worker.max_attempts; the issue says so
+]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A verified triggering delivery to store and enqueue in one transaction."""
+
+    tracker: str
+    delivery_id: str
+    issue_key: str
+    event_json: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job. ``attempts`` counts this attempt (1 on the first claim)."""
+
+    id: int
+    tracker: str
+    delivery_id: str
+    issue_key: str
+    event_json: str
+    attempts: int
+    lease_owner: str
+    lease_until: float
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A tracker account linked to a Coder account."""
+
+    provider: Literal["github", "linear"]
+    external_id: str
+    login: str = ""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A linked Coder user with its encrypted token (``key_id`` names the vault key)."""
+
+    id: int
+    coder_user_id: str
+    coder_username: str
+    key_id: str
+    ciphertext: bytes
+    token_status: TokenStatus
+    last_used_at: float | None
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """What the bridge did about one trigger on one issue (one row per generation).
+
+    A new generation starts only when the issue is triggered again after its
+    previous task has ended (invariant I2). ``task_*`` are set once the task or
+    chat exists; ``comment_id`` once the comment is posted.
+    """
+
+    id: int
+    issue_key: str
+    generation: int
+    tracker: str
+    delivery_id: str
+    state: DelegationState
+    account_id: int | None
+    task_kind: str | None
+    task_id: str | None
+    task_name: str | None
+    task_url: str | None
+    comment_id: str | None
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A stored delivery with its newest job and the issue's current delegation, for the CLI."""
+
+    tracker: str
+    delivery_id: str
+    issue_key: str
+    received_at: float
+    job_status: JobStatus | None
+    attempts: int
+    last_error: str | None
+    delegation_state: DelegationState | None
+    task_url: str | None
+
+
+class Store(Protocol):
+    """Durable state of the bridge. Every method is one transaction."""
+
+    # -- lifecycle and health -------------------------------------------------
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied (empty if current)."""
+        ...
+
+    async def schema_status(self) -> tuple[int, int]:
+        """(version in the database, newest version this code knows)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the database answers a trivial query."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+    # -- ingest ---------------------------------------------------------------
+    async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
+        """Store each delivery and enqueue its job, all in ONE committed transaction.
+
+        Returns, per input in order, True if it was new (stored and enqueued) or
+        False if (tracker, delivery_id) was already stored (a duplicate: nothing
+        written). Duplicates inside the same batch: the first wins. Durable on return.
+        """
+        ...
+
+    # -- jobs -----------------------------------------------------------------
+    async def claim(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs to ``owner`` and return them.
+
+        Runnable: status ``queued`` with ``run_at <= now``, or ``running`` whose lease
+        ended before ``now`` (its worker died). Never returns two jobs of one
+        ``issue_key``, nor a job whose ``issue_key`` has another job under an
+        unexpired lease. Oldest ``run_at`` first. Increments ``attempts``.
+        """
+        ...
+
+    async def renew_lease(self, job_id: int, owner: str, *, until: float) -> bool:
+        """Extend the lease; False if ``owner`` no longer holds the job."""
+        ...
+
+    async def finish_job(self, job_id: int, owner: str) -> None:
+        """Mark the job ``done``."""
+        ...
+
+    async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
+        """Put the job back in the queue to run at ``run_at``, remembering ``error``."""
+        ...
+
+    async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
+        """Mark the job ``failed`` (permanent error or attempts exhausted)."""
+        ...
+
+    async def release_job(self, job_id: int, owner: str) -> None:
+        """Give the job back unfinished (shutdown): ``queued``, this attempt not counted."""
+        ...
+
+    async def queue_stats(self, *, now: float) -> tuple[int, float]:
+        """(jobs queued or running, age in seconds of the oldest runnable job, 0 if none)."""
+        ...
+
+    # -- deliveries (CLI) -----------------------------------------------------
+    async def list_deliveries(self, *, limit: int) -> list[DeliveryRecord]:
+        """Newest deliveries first."""
+        ...
+
+    async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
+        """Enqueue a fresh job (attempts 0) for a stored delivery whose job is not
+        queued or running; False if unknown or already queued/running."""
+        ...
+
+    # -- delegations ----------------------------------------------------------
+    async def current_delegation(self, issue_key: str) -> Delegation | None:
+        """The issue's newest delegation (highest generation), if any."""
+        ...
+
+    async def create_delegation(
+        self, *, issue_key: str, tracker: str, delivery_id: str, generation: int, now: float
+    ) -> Delegation:
+        """Insert generation ``generation`` for the issue in state ``pending``; if that
+        generation exists already, return it unchanged."""
+        ...
+
+    async def save_delegation(self, delegation: Delegation) -> None:
+        """Write every mutable field of ``delegation`` (matched by ``id``)."""
+        ...
+
+    # -- accounts -------------------------------------------------------------
+    async def link_account(
+        self,
+        *,
+        coder_user_id: str,
+        coder_username: str,
+        key_id: str,
+        ciphertext: bytes,
+        identities: Sequence[Identity],
+    ) -> Account:
+        """Create or update the account of ``coder_user_id``: replace its token (status
+        ``valid``), refresh the username, and attach ``identities`` (an identity
+        linked to another account moves to this one)."""
+        ...
+
+    async def find_account(self, provider: str, external_id: str) -> Account | None:
+        """The account linked to this tracker identity."""
+        ...
+
+    async def get_account(self, account_id: int) -> Account | None:
+        """The account with this id."""
+        ...
+
+    async def list_accounts(self) -> list[tuple[Account, list[Identity]]]:
+        """Every account with its identities, ordered by username."""
+        ...
+
+    async def unlink(
+        self,
+        *,
+        provider: str | None = None,
+        external_id: str | None = None,
+        coder_username: str | None = None,
+    ) -> int:
+        """Remove one identity (provider + external_id) or a whole account (by username).
+        An account left without identities is deleted with its token. Returns rows removed."""
+        ...
+
+    async def mark_token_invalid(self, account_id: int) -> None:
+        """Coder answered 401 with this token."""
+        ...
+
+    async def mark_token_used(self, account_id: int, *, now: float) -> None:
+        """Record a successful use."""
+        ...
+
+    async def replace_ciphertext(
+        self, account_id: int, *, old_key_id: str, key_id: str, ciphertext: bytes
+    ) -> bool:
+        """Swap the stored token if it is still under ``old_key_id`` (key rotation)."""
+        ...

@@ -1,0 +1,414 @@
+"""GitHub REST calls: the bridge's issue comment (find by marker, edit or create).
+
+All HTTP goes through an injected ``httpx.AsyncClient``; every response is
+mapped to data or a typed error by ``decipher_github_response`` and nowhere
+else. Authentication is a small protocol (``GitHubAuth``) so that a GitHub App
+implementation (JWT → installation token, cached per installation) can replace
+``TokenAuth`` without touching the client.
+
+Error messages are plain words fit for an issue comment: they never contain a
+token, a header value or a request body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.core.events import IssueEvent
+from service.errors import (
+    Conflict,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    TokenRejected,
+    TransientError,
+)
+
+SERVICE = "github"
+API_VERSION = "2022-11-28"
+USER_AGENT = "coder-bridge"
+MAX_COMMENT_CHARS = 65_536
+PER_PAGE = 100
+MAX_PAGES = 100
+SECONDARY_LIMIT_WAIT = 60.0
+_MESSAGE_LIMIT = 300
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class GitHubAuth(Protocol):
+    """Supplies the ``Authorization`` header for GitHub API calls."""
+
+    async def authorization(self, installation_id: int | None) -> str:
+        """The full header value (e.g. ``Bearer <token>``) for this installation.
+
+        ``installation_id`` is the delivery's GitHub App installation, or
+        ``None`` for a plain repository/organisation hook.
+        """
+        ...
+
+    async def invalidate(self, installation_id: int | None) -> None:
+        """Forget any cached credential for this installation (called after a 401)."""
+        ...
+
+
+class TokenAuth:
+    """A personal or fine-grained access token, sent as ``Bearer <token>``.
+
+    The token is the same for every installation; ``invalidate`` has nothing to
+    refresh. ``repr`` never shows the token.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        if not token.strip():
+            raise ValueError("a GitHub token must not be empty")
+        self._token = token.strip()
+
+    async def authorization(self, installation_id: int | None) -> str:
+        """``Bearer <token>``, whatever the installation."""
+        return f"Bearer {self._token}"
+
+    async def invalidate(self, installation_id: int | None) -> None:
+        """Nothing to refresh for a static token."""
+
+    def __repr__(self) -> str:
+        return "TokenAuth(token='***')"
+
+    __str__ = __repr__
+
+
+# ---------------------------------------------------------------------------
+# The one response mapping
+
+
+def decipher_github_response(response: httpx.Response, *, now: float) -> Any:
+    """Map a GitHub response to its JSON data or raise a typed ``RemoteError``.
+
+    - 2xx → decoded JSON (``None`` for an empty body);
+    - 401 → ``TokenRejected``;
+    - 403/429 → ``RateLimited`` in GitHub's order: ``retry-after`` seconds;
+      else ``x-ratelimit-remaining: 0`` → until ``x-ratelimit-reset`` (≥ 1 s);
+      else a secondary-limit message, or any 429 → 60 s; a 403 that is none of
+      these is a permission problem → ``PermanentError``;
+    - 404/410 → ``NotFound``; 409 → ``Conflict``; 422 and other 4xx →
+      ``PermanentError`` with GitHub's message;
+    - 5xx → ``TransientError``; anything else (3xx, 1xx) → ``PermanentError``.
+
+    ``now`` is the current Unix time, used for ``x-ratelimit-reset``.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return _json_or_none(response)
+    message = _github_message(response)
+    if status == 401:
+        raise TokenRejected(SERVICE, "GitHub rejected the credential", status=status)
+    if status in (403, 429):
+        wait = _rate_limit_wait(response, message, now=now)
+        if wait is not None:
+            raise RateLimited(SERVICE, "GitHub rate limit reached", status=status, retry_after=wait)
+        raise PermanentError(SERVICE, _explain("GitHub denied permission", message), status=status)
+    if status in (404, 410):
+        raise NotFound(SERVICE, _explain("GitHub could not find it", message), status=status)
+    if status == 409:
+        raise Conflict(SERVICE, _explain("GitHub reported a conflict", message), status=status)
+    if 400 <= status < 500:
+        raise PermanentError(
+            SERVICE, _explain("GitHub refused the request", message), status=status
+        )
+    if status >= 500:
+        raise TransientError(SERVICE, "GitHub had a server error", status=status)
+    raise PermanentError(SERVICE, f"GitHub gave an unexpected answer {status}", status=status)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise TransientError(
+            SERVICE, "GitHub answered with something that is not JSON", status=response.status_code
+        ) from exc
+
+
+def _rate_limit_wait(response: httpx.Response, message: str, *, now: float) -> float | None:
+    """Seconds to wait if a 403/429 is a rate limit (GitHub's documented order), else None."""
+    retry_after = _parse_retry_after(response.headers.get("retry-after"), now=now)
+    if retry_after is not None:
+        return retry_after
+    if response.headers.get("x-ratelimit-remaining", "").strip() == "0":
+        reset = _parse_float(response.headers.get("x-ratelimit-reset"))
+        return SECONDARY_LIMIT_WAIT if reset is None else max(1.0, reset - now)
+    lowered = message.lower()
+    if response.status_code == 429 or "rate limit" in lowered or "abuse" in lowered:
+        return SECONDARY_LIMIT_WAIT
+    return None
+
+
+def _parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """``Retry-After`` as seconds (GitHub sends an integer; an HTTP date is accepted)."""
+    if value is None:
+        return None
+    seconds = _parse_float(value)
+    if seconds is not None:
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _parse_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _github_message(response: httpx.Response) -> str:
+    """GitHub's ``message`` plus any ``errors[].message``, shortened; "" if none."""
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    parts = [data["message"]] if isinstance(data.get("message"), str) else []
+    errors = data.get("errors")
+    if isinstance(errors, list):
+        parts += [
+            e["message"]
+            for e in errors
+            if isinstance(e, dict) and isinstance(e.get("message"), str)
+        ]
+    text = ": ".join(part.strip() for part in parts if part.strip())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def _explain(summary: str, message: str) -> str:
+    return f"{summary}: {message}" if message else summary
+
+
+def _transport_error(exc: httpx.HTTPError) -> TransientError:
+    """A request that got no usable response: timeouts and connection failures."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientError(SERVICE, "GitHub did not answer in time")
+    return TransientError(SERVICE, f"could not reach GitHub ({type(exc).__name__})")
+
+
+# ---------------------------------------------------------------------------
+# Client
+
+
+class GitHubClient:
+    """GitHub REST client for the bridge's issue comment (implements ``IssueCommenter``).
+
+    ``api_url`` is ``https://api.github.com`` or ``https://HOST/api/v3``; ``http``
+    is owned by the caller (timeouts, transport); ``clock`` returns Unix time and
+    is used only to compute rate-limit waits.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        auth: GitHubAuth,
+        *,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api_url = api_url.rstrip("/")
+        self._origin = _origin(self._api_url)
+        self._auth = auth
+        self._http = http
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"GitHubClient(api_url={self._api_url!r})"
+
+    async def upsert_comment(
+        self, event: IssueEvent, *, marker: str, body: str, comment_id: str | None
+    ) -> str:
+        """Make the issue carry one bridge comment containing ``marker``, with ``body``.
+
+        Edits ``comment_id`` if it still exists (404/410 there falls through);
+        else searches the issue's comments (every page, up to ``MAX_PAGES``) for
+        ``marker`` and edits the first match (no request if it already has this
+        body); else creates the comment. Returns the comment id as text. Safe to
+        repeat after any failure. A body over 65 536 characters is refused with
+        ``PermanentError`` before anything is sent; a body without ``marker`` is
+        a programming error (``ValueError``).
+        """
+        if not marker or marker not in body:
+            raise ValueError("the comment body must contain its non-empty marker")
+        if len(body) > MAX_COMMENT_CHARS:
+            raise PermanentError(
+                SERVICE,
+                f"the comment is longer than GitHub's limit of {MAX_COMMENT_CHARS} characters",
+            )
+        owner, repo, number = _issue_coordinates(event)
+        installation = event.installation_id
+        if comment_id and comment_id.isdigit():
+            try:
+                return await self._update_comment(owner, repo, comment_id, body, installation)
+            except NotFound:
+                pass  # deleted since; look for another copy, else create
+        found = await self.find_comment(owner, repo, number, marker, installation)
+        if found is not None:
+            if found.get("body") == body:
+                return str(found["id"])
+            return await self._update_comment(owner, repo, str(found["id"]), body, installation)
+        return await self._create_comment(owner, repo, number, body, installation)
+
+    async def find_comment(
+        self, owner: str, repo: str, number: str, marker: str, installation_id: int | None
+    ) -> dict[str, Any] | None:
+        """The first comment on the issue whose body contains ``marker``, or ``None``.
+
+        Follows ``Link: rel="next"`` (same origin only) for up to ``MAX_PAGES`` pages.
+        """
+        url: str | None = f"{self._api_url}/repos/{owner}/{repo}/issues/{number}/comments"
+        params: dict[str, str] | None = {"per_page": str(PER_PAGE)}
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return None
+            data, response = await self._send("GET", url, installation_id, params=params)
+            for comment in _comment_list(data):
+                if marker in comment["body"]:
+                    return comment
+            url, params = self._next_page(response), None
+        return None
+
+    async def check(self, installation_id: int | None = None) -> str:
+        """Online check for ``check-config --online``: the credential works; returns a summary.
+
+        Uses ``GET /rate_limit``, which any token type may call and which does
+        not count against the limit. Raises ``RemoteError`` subclasses.
+        """
+        data, _ = await self._send("GET", f"{self._api_url}/rate_limit", installation_id)
+        resources = data.get("resources") if isinstance(data, dict) else None
+        core = resources.get("core") if isinstance(resources, dict) else None
+        remaining, limit = (
+            (core.get("remaining"), core.get("limit")) if isinstance(core, dict) else (None, None)
+        )
+        if isinstance(remaining, int) and isinstance(limit, int):
+            return (
+                f"GitHub at {self._api_url}: credential accepted, {remaining}/{limit} requests left"
+            )
+        return f"GitHub at {self._api_url}: credential accepted"
+
+    # -- requests -------------------------------------------------------------
+
+    async def _update_comment(
+        self, owner: str, repo: str, comment_id: str, body: str, installation_id: int | None
+    ) -> str:
+        url = f"{self._api_url}/repos/{owner}/{repo}/issues/comments/{comment_id}"
+        data, _ = await self._send("PATCH", url, installation_id, json={"body": body})
+        return _comment_id(data)
+
+    async def _create_comment(
+        self, owner: str, repo: str, number: str, body: str, installation_id: int | None
+    ) -> str:
+        url = f"{self._api_url}/repos/{owner}/{repo}/issues/{number}/comments"
+        data, _ = await self._send("POST", url, installation_id, json={"body": body})
+        return _comment_id(data)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        installation_id: int | None,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> tuple[Any, httpx.Response]:
+        """One request with a single retry after a 401 (the credential may be refreshed)."""
+        for attempt in (1, 2):
+            response = await self._request_once(method, url, installation_id, params, json)
+            try:
+                return decipher_github_response(response, now=self._clock()), response
+            except TokenRejected:
+                if attempt == 2:
+                    raise
+                await self._auth.invalidate(installation_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_once(
+        self,
+        method: str,
+        url: str,
+        installation_id: int | None,
+        params: dict[str, str] | None,
+        json: Any,
+    ) -> httpx.Response:
+        headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+            "User-Agent": USER_AGENT,
+            "Authorization": await self._auth.authorization(installation_id),
+        }
+        try:
+            return await self._http.request(
+                method, url, headers=headers, params=params, json=json, follow_redirects=False
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from None
+
+    def _next_page(self, response: httpx.Response) -> str | None:
+        """The ``rel="next"`` URL, if it points at the configured API origin."""
+        link = response.links.get("next", {}).get("url")
+        if not link:
+            return None
+        if _origin(link) != self._origin:
+            raise PermanentError(SERVICE, "GitHub pagination pointed at another host")
+        return link
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _issue_coordinates(event: IssueEvent) -> tuple[str, str, str]:
+    """(owner, repo, number) from ``event.scope`` (``owner/repo``) and ``event.number``."""
+    owner, _, repo = event.scope.partition("/")
+    names_ok = all(_NAME_RE.fullmatch(name) and name not in (".", "..") for name in (owner, repo))
+    if not names_ok or not event.number.isdigit():
+        raise PermanentError(SERVICE, f"not a GitHub issue: {event.scope}#{event.number}")
+    return owner, repo, event.number
+
+
+def _comment_list(data: Any) -> list[dict[str, Any]]:
+    """Comments from a list response, skipping entries without an id or a text body."""
+    if not isinstance(data, list):
+        raise TransientError(SERVICE, "GitHub answered the comment list with something else")
+    return [
+        c
+        for c in data
+        if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("body"), str)
+    ]
+
+
+def _comment_id(data: Any) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get("id"), int):
+        raise TransientError(SERVICE, "GitHub's answer carries no comment id")
+    return str(data["id"])
+
+
+__all__ = [
+    "GitHubAuth",
+    "GitHubClient",
+    "TokenAuth",
+    "decipher_github_response",
+]

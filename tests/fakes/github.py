@@ -1,0 +1,591 @@
+"""A fake of the GitHub REST endpoints the bridge calls, behaving like api.github.com.
+
+Serve it with ``tests.fakes.server.serve_in_thread(fake)`` (the instance is an
+ASGI app) and point ``GitHubClient`` at the yielded base URL::
+
+    fake = FakeGitHub(tokens={"ghp_test": "bridge-bot"}, issues=[("acme/app", 7)])
+    with serve_in_thread(fake) as base_url:
+        ...
+    assert [c["body"] for c in fake.comments("acme/app", 7)] == [...]
+
+What it does like GitHub:
+
+- ``Authorization: Bearer <t>`` or ``token <t>`` checked against the configured
+  tokens: 401 ``Requires authentication`` / ``Bad credentials``;
+- 404 ``Not Found`` (GitHub's JSON body) for unknown repositories, issues,
+  comments and routes; repository names are case-insensitive;
+- comments: ids are increasing int64 values above 2**31, ``user`` is the
+  token's login, 201 + ``Location`` on create, 422 for a missing body or one
+  over 65 536 characters (GitHub's message), list ascending by id with
+  ``per_page`` (default 30, max 100), ``page`` and a real ``Link`` header;
+- ``x-ratelimit-*`` headers on every response, counted per token; when the
+  budget (``rate_limit`` per hour) is spent, 403 with ``remaining 0``.
+  ``GET /rate_limit`` is free, as on GitHub.
+
+Test controls: ``fail_next`` / ``fail_primary_rate_limit`` /
+``fail_secondary_rate_limit`` (answer the next call(s) of a route with an
+error, before or after acting), ``delay_next`` (hold the next call), and the
+accessors ``comments``, ``requests`` (method, path; never a token),
+``add_comment``, ``delete_comment``, ``add_issue``, ``add_token``,
+``revoke_token``.
+
+Extending (e.g. GitHub App auth): subclass, override ``routes()`` to add
+``Route(path, self.endpoint("create_installation_token", handler,
+auth=self.authenticate_jwt), methods=["POST"])``; ``endpoint`` applies the
+request log, injections, delays, auth and rate-limit headers; a handler mints
+installation tokens with ``add_token``. All state is guarded by one
+``threading.Lock`` because the app runs on a uvicorn thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+DEFAULT_TOKEN = "ghp_fake_token_for_tests"  # a test credential
+DEFAULT_LOGIN = "coder-bridge-bot"
+DEFAULT_ISSUE = ("Codertocat/Hello-World", 1)
+MAX_BODY = 65_536
+DOCS = "https://docs.github.com/rest"
+PRIMARY_LIMIT_MESSAGE = (
+    "API rate limit exceeded for user ID {user_id}. If you reach out to GitHub Support for "
+    "help, please include the request ID 0000:FAKE."
+)
+SECONDARY_LIMIT_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+    "again. If you reach out to GitHub Support for help, please include the request ID "
+    "0000:FAKE."
+)
+_STATUS_MESSAGES = {
+    400: "Problems parsing JSON",
+    401: "Bad credentials",
+    403: "Resource not accessible by personal access token",
+    404: "Not Found",
+    410: "Issues are disabled for this repo",
+    422: "Validation Failed",
+    429: SECONDARY_LIMIT_MESSAGE,
+    500: "Server Error",
+    502: "Server Error",
+    503: "Service Unavailable",
+}
+
+Identity = str
+Handler = Callable[[Request, Identity], Awaitable[Response]]
+Authenticator = Callable[[Request], "Identity | Response"]
+
+
+@dataclass
+class _Injection:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    after_acting: bool
+    times: int
+
+
+@dataclass
+class _Repo:
+    full_name: str
+    id: int
+    issues: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Comment:
+    id: int
+    repo: str  # lower-cased full name
+    number: int
+    data: dict[str, Any]
+
+
+@dataclass
+class _Bucket:
+    used: int = 0
+    reset: int = 0
+
+
+def github_error(status: int, message: str | None = None, **extra: Any) -> JSONResponse:
+    """A response shaped like GitHub's errors: ``message``, ``documentation_url``, ``status``."""
+    body = {
+        "message": message if message is not None else _STATUS_MESSAGES.get(status, "Error"),
+        "documentation_url": DOCS,
+        "status": str(status),
+        **extra,
+    }
+    return JSONResponse(body, status_code=status)
+
+
+class FakeGitHub:
+    """In-memory GitHub REST API (issue comments, ``/rate_limit``) as an ASGI app.
+
+    ``tokens`` maps accepted tokens to the login they act as (default: one
+    token ``DEFAULT_TOKEN`` → ``DEFAULT_LOGIN``). ``issues`` lists
+    ``(owner/repo, number)`` pairs that exist. ``rate_limit`` is the hourly
+    budget per token; ``clock`` (Unix seconds) drives ``x-ratelimit-reset``.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: Mapping[str, str] | None = None,
+        issues: Iterable[tuple[str, int]] = (DEFAULT_ISSUE,),
+        rate_limit: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.rate_limit = rate_limit
+        self._tokens: dict[str, str] = dict(tokens or {DEFAULT_TOKEN: DEFAULT_LOGIN})
+        self._user_ids: dict[str, int] = {}
+        self._repos: dict[str, _Repo] = {}
+        self._comments: dict[int, _Comment] = {}
+        self._comment_ids = itertools.count(2_200_000_000_001)
+        self._repo_ids = itertools.count(100_000_001)
+        self._buckets: dict[Identity, _Bucket] = defaultdict(_Bucket)
+        self._failures: dict[str, deque[_Injection]] = defaultdict(deque)
+        self._delays: dict[str, deque[float]] = defaultdict(deque)
+        self._requests: list[tuple[str, str]] = []
+        self._route_names: set[str] = set()
+        for full_name, number in issues:
+            self.add_issue(full_name, number)
+        self.app = Starlette(
+            routes=self.routes(),
+            exception_handlers={404: self._not_found, 405: self._not_found},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    # -- routes ---------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        """The served routes; subclasses extend this list (e.g. App token exchange)."""
+        comments = "/repos/{owner}/{repo}/issues/{number}/comments"
+        return [
+            Route(comments, self.endpoint("list_comments", self._list), methods=["GET"]),
+            Route(comments, self.endpoint("create_comment", self._create), methods=["POST"]),
+            Route(
+                "/repos/{owner}/{repo}/issues/comments/{comment_id}",
+                self.endpoint("update_comment", self._update),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/rate_limit",
+                self.endpoint("rate_limit", self._rate_limit, counts=False),
+                methods=["GET"],
+            ),
+        ]
+
+    def endpoint(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        auth: Authenticator | None = None,
+        counts: bool = True,
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap ``handler`` with the request log, delays, injections, auth and rate limits.
+
+        ``name`` is the route name used by ``fail_next``/``delay_next``; ``auth``
+        returns the caller's identity or a 401 response (default: token auth);
+        ``counts`` says whether the call spends the rate-limit budget.
+        """
+        self._route_names.add(name)
+        authenticate = auth or self.authenticate_token
+
+        async def run(request: Request) -> Response:
+            injection, delay = self._take(name, request)
+            if delay:
+                await asyncio.sleep(delay)
+            if injection is not None and not injection.after_acting:
+                return self._injected(injection, request)
+            identity = authenticate(request)
+            if isinstance(identity, Response):
+                return self._with_limits(identity, "")
+            if counts and not self._spend(identity):
+                return self._with_limits(self._primary_limit_response(identity), identity)
+            response = await handler(request, identity)
+            if injection is not None:
+                return self._injected(injection, request)
+            return self._with_limits(response, identity)
+
+        return run
+
+    # -- auth -----------------------------------------------------------------
+
+    def authenticate_token(self, request: Request) -> Identity | Response:
+        """The login behind ``Authorization: Bearer|token <t>``, or GitHub's 401."""
+        header = request.headers.get("authorization")
+        if not header:
+            return github_error(401, "Requires authentication")
+        scheme, _, token = header.partition(" ")
+        with self._lock:
+            login = self._tokens.get(token.strip())
+        if scheme.lower() not in ("bearer", "token") or login is None:
+            return github_error(401, "Bad credentials")
+        return login
+
+    def add_token(self, token: str, login: str) -> None:
+        """Accept ``token`` from now on, acting as ``login``."""
+        with self._lock:
+            self._tokens[token] = login
+
+    def revoke_token(self, token: str) -> None:
+        """Refuse ``token`` from now on (401 ``Bad credentials``)."""
+        with self._lock:
+            self._tokens.pop(token, None)
+
+    # -- state set-up and accessors ---------------------------------------------
+
+    def add_issue(self, full_name: str, number: int) -> None:
+        """Make issue ``number`` exist in repository ``full_name`` (created if new)."""
+        with self._lock:
+            repo = self._repos.get(full_name.lower())
+            if repo is None:
+                repo = _Repo(full_name, next(self._repo_ids))
+                self._repos[full_name.lower()] = repo
+            repo.issues.add(number)
+
+    def add_comment(self, full_name: str, number: int, body: str, *, login: str = "octocat") -> int:
+        """Seed a comment by ``login`` on an existing issue; returns its id."""
+        with self._lock:
+            repo = self._repos[full_name.lower()]
+            if number not in repo.issues:
+                raise KeyError(f"{full_name}#{number} does not exist")
+            return self._insert(repo, number, body, login, "https://api.github.com").id
+
+    def delete_comment(self, comment_id: int) -> None:
+        """Delete a comment (later PATCHes of it answer 404)."""
+        with self._lock:
+            del self._comments[comment_id]
+
+    def comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        """The issue's comments as GitHub returns them, ascending by id (copies)."""
+        with self._lock:
+            return [json.loads(json.dumps(c.data)) for c in self._issue_comments(full_name, number)]
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """Every request received, as (method, path) in arrival order (no query, no headers)."""
+        with self._lock:
+            return list(self._requests)
+
+    # -- injection --------------------------------------------------------------
+
+    def fail_next(
+        self,
+        route: str,
+        status: int,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        after_acting: bool = False,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` calls of ``route`` with ``status``.
+
+        ``route`` is a route name (``list_comments``, ``create_comment``,
+        ``update_comment``, ``rate_limit``). ``body``: ``None`` → GitHub's error
+        JSON for the status; ``str``/``bytes`` → sent as is; else JSON.
+        ``headers`` are added (and override the x-ratelimit-* ones).
+        ``after_acting`` performs the real operation first (the comment is
+        created/edited), then answers with the failure, like a 502 from a proxy
+        after GitHub did the work.
+        """
+        if route not in self._route_names:
+            raise ValueError(f"unknown route {route!r}; known: {sorted(self._route_names)}")
+        injection = _Injection(status, dict(headers or {}), body, after_acting, times)
+        with self._lock:
+            self._failures[route].append(injection)
+
+    def fail_primary_rate_limit(
+        self, route: str, *, reset: float, status: int = 403, times: int = 1
+    ) -> None:
+        """Next call(s): primary limit exhausted (``remaining: 0``, ``reset`` = Unix seconds)."""
+        headers = {
+            "x-ratelimit-limit": str(self.rate_limit),
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-used": str(self.rate_limit),
+            "x-ratelimit-reset": str(int(reset)),
+        }
+        body = {
+            "message": PRIMARY_LIMIT_MESSAGE.format(user_id=1),
+            "documentation_url": f"{DOCS}/overview/rate-limits-for-the-rest-api",
+        }
+        self.fail_next(route, status, headers=headers, body=body, times=times)
+
+    def fail_secondary_rate_limit(
+        self, route: str, *, status: int = 403, retry_after: int | None = None, times: int = 1
+    ) -> None:
+        """Next call(s): a secondary limit (message, remaining > 0, optional ``retry-after``)."""
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+        body = {
+            "message": SECONDARY_LIMIT_MESSAGE,
+            "documentation_url": f"{DOCS}/overview/rate-limits-for-the-rest-api"
+            "#about-secondary-rate-limits",
+        }
+        self.fail_next(route, status, headers=headers, body=body, times=times)
+
+    def delay_next(self, route: str, seconds: float) -> None:
+        """Hold the next call of ``route`` for ``seconds`` before handling it."""
+        if route not in self._route_names:
+            raise ValueError(f"unknown route {route!r}; known: {sorted(self._route_names)}")
+        with self._lock:
+            self._delays[route].append(seconds)
+
+    # -- handlers ------------------------------------------------------------------
+
+    async def _list(self, request: Request, login: Identity) -> Response:
+        params = request.path_params
+        per_page = _clamp(request.query_params.get("per_page"), default=30, low=1, high=100)
+        page = _clamp(request.query_params.get("page"), default=1, low=1, high=10**6)
+        with self._lock:
+            repo = self._find_issue(params["owner"], params["repo"], params["number"])
+            if repo is None:
+                return github_error(404)
+            items = [c.data for c in self._issue_comments(repo.full_name, int(params["number"]))]
+            chunk = json.loads(json.dumps(items[(page - 1) * per_page : page * per_page]))
+        last = max(1, math.ceil(len(items) / per_page))
+        headers = _link_header(request, per_page, page, last)
+        return JSONResponse(chunk, headers=headers)
+
+    async def _create(self, request: Request, login: Identity) -> Response:
+        params = request.path_params
+        body = await _comment_body(request)
+        if isinstance(body, Response):
+            return body
+        with self._lock:
+            repo = self._find_issue(params["owner"], params["repo"], params["number"])
+            if repo is None:
+                return github_error(404)
+            comment = self._insert(repo, int(params["number"]), body, login, _base(request))
+            data = json.loads(json.dumps(comment.data))
+        return JSONResponse(data, status_code=201, headers={"Location": data["url"]})
+
+    async def _update(self, request: Request, login: Identity) -> Response:
+        params = request.path_params
+        body = await _comment_body(request)
+        if isinstance(body, Response):
+            return body
+        with self._lock:
+            repo = self._repos.get(f"{params['owner']}/{params['repo']}".lower())
+            comment = self._comments.get(_int(params["comment_id"]) or -1)
+            if repo is None or comment is None or comment.repo != repo.full_name.lower():
+                return github_error(404)
+            comment.data["body"] = body
+            comment.data["updated_at"] = self._now_iso()
+            data = json.loads(json.dumps(comment.data))
+        return JSONResponse(data)
+
+    async def _rate_limit(self, request: Request, login: Identity) -> Response:
+        with self._lock:
+            bucket = self._bucket(login)
+            core = {
+                "limit": self.rate_limit,
+                "used": bucket.used,
+                "remaining": max(0, self.rate_limit - bucket.used),
+                "reset": bucket.reset,
+            }
+        return JSONResponse({"resources": {"core": core}, "rate": core})
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        with self._lock:
+            self._requests.append((request.method, request.url.path))
+        return github_error(404)
+
+    # -- internals (callers hold the lock where noted) ---------------------------------
+
+    def _take(self, name: str, request: Request) -> tuple[_Injection | None, float]:
+        """Log the request; pop this route's next delay and injection."""
+        with self._lock:
+            self._requests.append((request.method, request.url.path))
+            delays = self._delays[name]
+            delay = delays.popleft() if delays else 0.0
+            queue = self._failures[name]
+            if not queue:
+                return None, delay
+            injection = queue[0]
+            injection.times -= 1
+            if injection.times <= 0:
+                queue.popleft()
+            return injection, delay
+
+    def _injected(self, injection: _Injection, request: Request) -> Response:
+        if injection.body is None:
+            response: Response = github_error(injection.status)
+        elif isinstance(injection.body, str | bytes):
+            response = Response(injection.body, status_code=injection.status)
+        else:
+            response = JSONResponse(injection.body, status_code=injection.status)
+        identity = self.authenticate_token(request)
+        response = self._with_limits(response, identity if isinstance(identity, str) else "")
+        response.headers.update(injection.headers)
+        return response
+
+    def _spend(self, identity: Identity) -> bool:
+        """Count one call against the identity's hourly budget; False when it is spent."""
+        with self._lock:
+            bucket = self._bucket(identity)
+            if bucket.used >= self.rate_limit:
+                return False
+            bucket.used += 1
+            return True
+
+    def _bucket(self, identity: Identity) -> _Bucket:
+        """The identity's current window (caller holds the lock)."""
+        bucket = self._buckets[identity]
+        now = self._clock()
+        if now >= bucket.reset:
+            bucket.used, bucket.reset = 0, int(now) + 3600
+        return bucket
+
+    def _with_limits(self, response: Response, identity: Identity) -> Response:
+        limit = self.rate_limit if identity else 60
+        with self._lock:
+            bucket = self._bucket(identity)
+            response.headers.update(
+                {
+                    "x-ratelimit-limit": str(limit),
+                    "x-ratelimit-remaining": str(max(0, limit - bucket.used)),
+                    "x-ratelimit-used": str(bucket.used),
+                    "x-ratelimit-reset": str(bucket.reset),
+                    "x-ratelimit-resource": "core",
+                    "x-github-api-version-selected": "2022-11-28",
+                }
+            )
+        return response
+
+    def _primary_limit_response(self, identity: Identity) -> Response:
+        with self._lock:
+            user_id = self._user_id(identity)
+        return github_error(403, PRIMARY_LIMIT_MESSAGE.format(user_id=user_id))
+
+    def _find_issue(self, owner: str, name: str, number: str) -> _Repo | None:
+        """The repository if it holds issue ``number`` (caller holds the lock)."""
+        repo = self._repos.get(f"{owner}/{name}".lower())
+        issue = _int(number)
+        return repo if repo is not None and issue in repo.issues else None
+
+    def _issue_comments(self, full_name: str, number: int) -> list[_Comment]:
+        """Comments of one issue ascending by id (caller holds the lock)."""
+        key = full_name.lower()
+        return sorted(
+            (c for c in self._comments.values() if c.repo == key and c.number == number),
+            key=lambda c: c.id,
+        )
+
+    def _insert(self, repo: _Repo, number: int, body: str, login: str, base: str) -> _Comment:
+        """Store a new comment (caller holds the lock)."""
+        comment_id = next(self._comment_ids)
+        now = self._now_iso()
+        data = {
+            "id": comment_id,
+            "node_id": f"IC_kwFAKE{comment_id}",
+            "url": f"{base}/repos/{repo.full_name}/issues/comments/{comment_id}",
+            "html_url": f"https://github.com/{repo.full_name}/issues/{number}"
+            f"#issuecomment-{comment_id}",
+            "issue_url": f"{base}/repos/{repo.full_name}/issues/{number}",
+            "body": body,
+            "user": {"login": login, "id": self._user_id(login), "type": "User"},
+            "created_at": now,
+            "updated_at": now,
+            "author_association": "NONE",
+            "performed_via_github_app": None,
+            "reactions": {
+                "total_count": 0,
+                "+1": 0,
+                "-1": 0,
+                "laugh": 0,
+                "hooray": 0,
+                "confused": 0,
+                "heart": 0,
+                "rocket": 0,
+                "eyes": 0,
+            },
+        }
+        comment = _Comment(comment_id, repo.full_name.lower(), number, data)
+        self._comments[comment_id] = comment
+        return comment
+
+    def _user_id(self, login: str) -> int:
+        """A stable numeric id per login (caller holds the lock)."""
+        return self._user_ids.setdefault(login, 1_000 + len(self._user_ids))
+
+    def _now_iso(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
+
+
+async def _comment_body(request: Request) -> str | Response:
+    """The ``body`` field of a create/update request, or GitHub's 400/422 answer."""
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        return github_error(400, "Problems parsing JSON")
+    if not isinstance(payload, dict) or not isinstance(payload.get("body"), str):
+        return github_error(422, 'Invalid request.\n\n"body" wasn\'t supplied.')
+    body: str = payload["body"]
+    if len(body) > MAX_BODY:
+        error = {
+            "resource": "IssueComment",
+            "code": "custom",
+            "field": "body",
+            "message": f"Body is too long (maximum is {MAX_BODY} characters)",
+        }
+        return github_error(422, "Validation Failed", errors=[error])
+    return body
+
+
+def _link_header(request: Request, per_page: int, page: int, last: int) -> dict[str, str]:
+    """GitHub's ``Link`` header (next/last/first/prev), or nothing for a single page."""
+    if last <= 1 and page <= 1:
+        return {}
+
+    def url(n: int) -> str:
+        query = urlencode({"per_page": per_page, "page": n})
+        return f"{_base(request)}{request.url.path}?{query}"
+
+    links = []
+    if page > 1:
+        links.append(f'<{url(min(page - 1, last))}>; rel="prev"')
+    if page < last:
+        links.append(f'<{url(page + 1)}>; rel="next"')
+        links.append(f'<{url(last)}>; rel="last"')
+    if page > 1:
+        links.append(f'<{url(1)}>; rel="first"')
+    return {"Link": ", ".join(links)}
+
+
+def _base(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _clamp(text: str | None, *, default: int, low: int, high: int) -> int:
+    value = _int(text) if text else None
+    return default if value is None else min(high, max(low, value))
+
+
+__all__ = [
+    "DEFAULT_LOGIN",
+    "DEFAULT_TOKEN",
+    "FakeGitHub",
+    "github_error",
+]
