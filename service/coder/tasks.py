@@ -1,0 +1,242 @@
+"""The Coder Tasks API backend (Coder v2.27 to v2.36), per ``reference/coder-tasks.md``.
+
+``ensure`` creates one task per ``WorkSpec`` and never a second one: the task
+name is the spec's deterministic ``name``, so a retry first looks the name up
+(``may_exist``) and a name conflict on create adopts the existing task.
+
+Tasks routes live under ``/api/v2`` (v2.29+) or only ``/api/experimental``
+(≤ v2.28). Every Tasks call tries the remembered prefix first (``/api/v2`` when
+nothing is known), repeats the same call under the other prefix on
+``404 Route not found.``, and remembers what worked in ``prefix_cache``, a dict
+keyed by Coder URL that backends of one process share. An object-level 404 is
+never a reason to switch prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import quote
+
+from service.coder.base import CreatedWork, WorkSpec
+from service.coder.client import CoderClient
+from service.errors import Conflict, NotFound, PermanentError, RouteNotFound
+
+API_V2: Final = "/api/v2"
+API_EXPERIMENTAL: Final = "/api/experimental"
+TASK_PREFIXES: Final = (API_V2, API_EXPERIMENTAL)
+
+INACTIVE_STATUSES: Final = frozenset({"paused", "error"})
+FINISHED_STATES: Final = frozenset({"complete", "failed", "failure"})
+DISPLAY_NAME_MAX_BYTES: Final = 64
+DEFAULT_ORGANIZATION: Final = "default"
+
+
+class TasksBackend:
+    """``CoderBackend`` over the Tasks API of one deployment, acting as the client's user."""
+
+    def __init__(
+        self,
+        client: CoderClient,
+        coder_url: str,
+        *,
+        prefix_cache: dict[str, str] | None = None,
+    ) -> None:
+        self._client = client
+        self._coder_url = coder_url.rstrip("/")
+        self._prefixes: dict[str, str] = prefix_cache if prefix_cache is not None else {}
+
+    def __repr__(self) -> str:
+        return f"TasksBackend(coder_url={self._coder_url!r})"
+
+    async def ensure(self, spec: WorkSpec, *, may_exist: bool) -> CreatedWork:
+        """Return the task named ``spec.name``, creating it only if it does not exist.
+
+        With ``may_exist`` the name is looked up first. A 409 on create means the
+        name is taken: the existing task is looked up and returned. Raises
+        ``PermanentError`` when no template is configured, the configured preset
+        does not exist, or Coder's answer lacks the task's ``id``/``owner_name``;
+        ``NotFound`` for an unknown template; ``RouteNotFound`` when the server
+        serves no Tasks API; other ``RemoteError`` subclasses as the client maps them.
+        """
+        if not spec.template.strip():
+            raise PermanentError(
+                "coder", "no template configured: set a Coder template for this route or in [coder]"
+            )
+        if may_exist:
+            existing = await self._find_by_name(spec.name)
+            if existing is not None:
+                return existing
+        body = await self._create_body(spec)
+        try:
+            task = await self._tasks_call("POST", "/tasks/me", json=body)
+        except Conflict:
+            existing = await self._find_by_name(spec.name)
+            if existing is None:
+                raise Conflict(
+                    "coder",
+                    f'a workspace named "{spec.name}" already exists on Coder but is not a task; '
+                    "delete or rename it and try again",
+                    status=409,
+                ) from None
+            return existing
+        return self._created(task)
+
+    async def is_active(self, work: CreatedWork) -> bool:
+        """Whether the task may still make progress.
+
+        False when it is gone (404), its ``status`` is ``paused`` or ``error``, or
+        its ``current_state.state`` is ``complete``, ``failed`` or ``failure``;
+        True otherwise, unknown statuses included. Other failures raise as in
+        ``ensure`` (e.g. ``RouteNotFound`` after an upgrade to a Chats-only server).
+        """
+        path = f"/tasks/{_seg(work.owner_name)}/{_seg(work.id)}"
+        try:
+            task = await self._tasks_call("GET", path)
+        except NotFound:
+            return False
+        if not isinstance(task, dict):
+            return True
+        if task.get("status") in INACTIVE_STATUSES:
+            return False
+        state = task.get("current_state")
+        return not (isinstance(state, dict) and state.get("state") in FINISHED_STATES)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    async def _find_by_name(self, name: str) -> CreatedWork | None:
+        """The caller's task called ``name``, or ``None`` when there is none."""
+        try:
+            task = await self._tasks_call("GET", f"/tasks/me/{_seg(name)}")
+        except NotFound:
+            return None
+        return self._created(task)
+
+    async def _create_body(self, spec: WorkSpec) -> dict[str, str]:
+        """The ``POST /tasks/me`` body: template version, preset if any, prompt and names."""
+        version_id = await self._fetch_active_version(spec)
+        body = {"template_version_id": version_id}
+        preset_id = await self._pick_preset(spec, version_id)
+        if preset_id is not None:
+            body["template_version_preset_id"] = preset_id
+        body["input"] = spec.prompt
+        body["name"] = spec.name
+        display_name = clip_display_name(spec.display_name)
+        if display_name:
+            body["display_name"] = display_name
+        return body
+
+    async def _fetch_active_version(self, spec: WorkSpec) -> str:
+        org = spec.organization.strip() or DEFAULT_ORGANIZATION
+        path = f"{API_V2}/organizations/{_seg(org)}/templates/{_seg(spec.template)}"
+        try:
+            template = await self._client.request("GET", path)
+        except NotFound:
+            raise NotFound(
+                "coder",
+                f'template "{spec.template}" was not found in Coder organization "{org}", '
+                "or your Coder account cannot use it",
+                status=404,
+            ) from None
+        version_id = template.get("active_version_id") if isinstance(template, dict) else None
+        if not isinstance(version_id, str) or not version_id:
+            raise PermanentError(
+                "coder",
+                f'Coder\'s answer about template "{spec.template}" lacks its active version',
+            )
+        return version_id
+
+    async def _pick_preset(self, spec: WorkSpec, version_id: str) -> str | None:
+        """The preset ``ID`` to send, or ``None`` to send no preset key."""
+        body = await self._client.request(
+            "GET", f"{API_V2}/templateversions/{_seg(version_id)}/presets"
+        )
+        presets = [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+        return choose_preset(presets, spec.preset, template=spec.template)
+
+    async def _tasks_call(self, method: str, suffix: str, *, json: object | None = None) -> Any:
+        """``method`` on a Tasks route (``suffix`` starts ``/tasks``) under the working prefix."""
+        cached = self._prefixes.get(self._coder_url)
+        order = [cached, *(p for p in TASK_PREFIXES if p != cached)] if cached else TASK_PREFIXES
+        for prefix in order:
+            try:
+                result = await self._client.request(method, prefix + suffix, json=json)
+            except RouteNotFound:
+                continue
+            except (NotFound, Conflict):
+                self._prefixes[self._coder_url] = prefix  # an object-level answer: route served
+                raise
+            self._prefixes[self._coder_url] = prefix
+            return result
+        self._prefixes.pop(self._coder_url, None)
+        raise RouteNotFound(
+            "coder",
+            "this Coder server does not serve the Tasks API (Coder v2.37 and later replaced "
+            "Tasks with Chats, and older servers may have Tasks switched off)",
+            status=404,
+        )
+
+    def _created(self, task: Any) -> CreatedWork:
+        return created_work_from_task(task, self._coder_url)
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def choose_preset(presets: list[dict[str, Any]], wanted: str, *, template: str) -> str | None:
+    """Pick the preset ``ID`` from Coder's PascalCase preset objects.
+
+    A non-empty ``wanted`` must match a ``Name`` exactly, else ``PermanentError``
+    naming the available presets. With ``wanted`` empty, the preset marked
+    ``Default: true`` is chosen, or none.
+    """
+    if wanted:
+        for preset in presets:
+            if preset.get("Name") == wanted and isinstance(preset.get("ID"), str):
+                return str(preset["ID"])
+        names = [str(p["Name"]) for p in presets if isinstance(p.get("Name"), str)]
+        available = ", ".join(f'"{n}"' for n in names) if names else "none"
+        raise PermanentError(
+            "coder",
+            f'preset "{wanted}" does not exist for template "{template}"; '
+            f"available presets: {available}",
+        )
+    for preset in presets:
+        if preset.get("Default") is True and isinstance(preset.get("ID"), str):
+            return str(preset["ID"])
+    return None
+
+
+def clip_display_name(text: str) -> str:
+    """``text`` trimmed and cut to Coder's 64-byte limit without splitting a character.
+
+    Coder checks ``len()`` of the Go string, i.e. UTF-8 bytes, so 64 bytes is
+    also at most 64 characters.
+    """
+    raw = text.strip().encode("utf-8")[:DISPLAY_NAME_MAX_BYTES]
+    return raw.decode("utf-8", errors="ignore").rstrip()
+
+
+def created_work_from_task(task: Any, coder_url: str) -> CreatedWork:
+    """A ``CreatedWork`` from a Task object; ``PermanentError`` if ``id``/``owner_name`` lack.
+
+    Unknown fields are ignored; a missing or non-string ``status`` reads ``unknown``.
+    """
+    if not isinstance(task, dict):
+        raise PermanentError("coder", "Coder's answer about the task is not a JSON object")
+    task_id, owner = task.get("id"), task.get("owner_name")
+    if not isinstance(task_id, str) or not task_id or not isinstance(owner, str) or not owner:
+        raise PermanentError("coder", "Coder's answer about the task lacks its id or owner name")
+    status = task.get("status")
+    base = coder_url.rstrip("/")
+    return CreatedWork(
+        kind="task",
+        id=task_id,
+        url=f"{base}/tasks/{quote(owner, safe='')}/{quote(task_id, safe='')}",
+        owner_name=owner,
+        status=status if isinstance(status, str) and status else "unknown",
+    )
+
+
+def _seg(value: str) -> str:
+    """``value`` quoted as one path segment."""
+    return quote(value, safe="")
