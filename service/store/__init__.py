@@ -13,13 +13,38 @@ so unless ``--no-migrate``). Migrations are the ``NNNN_name.sql`` files under
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, cast
 
 from service.errors import StoreError
-from service.store.base import Store
+from service.store.base import (
+    Account,
+    Delegation,
+    DelegationState,
+    DeliveryRecord,
+    Identity,
+    Job,
+    JobStatus,
+    NewDelivery,
+    Store,
+    TokenStatus,
+)
 
-__all__ = ["Migration", "Store", "load_migrations", "open_store", "sqlite_path"]
+__all__ = [
+    "Migration",
+    "Store",
+    "account_from_row",
+    "delegation_from_row",
+    "delivery_record_from_row",
+    "first_wins",
+    "identity_from_row",
+    "job_from_row",
+    "load_migrations",
+    "open_store",
+    "sqlite_path",
+]
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -80,8 +105,94 @@ async def open_store(url: str) -> Store:
 
         return await SQLiteStore.open(sqlite_path(url))
     if scheme in ("postgresql", "postgres"):
-        raise StoreError("PostgreSQL backend not available yet")
+        from service.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
     shown = repr(scheme) if re.fullmatch(r"[a-z][a-z0-9+.-]{0,19}", scheme) else "(unreadable)"
     raise StoreError(
         f"unsupported storage URL scheme {shown}: use sqlite:///path or postgresql://..."
     )
+
+
+# -- shared by the backends: rows (tuples or asyncpg Records) in the column order of
+# -- their queries, mapped to the contract's dataclasses.
+
+_Row = Sequence[Any]
+
+
+def first_wins(deliveries: Sequence[NewDelivery], inserted: set[tuple[str, str]]) -> list[bool]:
+    """Per input, True for the first occurrence of each inserted (tracker, delivery_id)."""
+    result: list[bool] = []
+    for d in deliveries:
+        key = (d.tracker, d.delivery_id)
+        result.append(key in inserted)
+        inserted.discard(key)
+    return result
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def job_from_row(row: _Row) -> Job:
+    return Job(
+        id=int(row[0]),
+        tracker=str(row[1]),
+        delivery_id=str(row[2]),
+        issue_key=str(row[3]),
+        event_json=str(row[4]),
+        attempts=int(row[5]),
+        lease_owner=str(row[6]),
+        lease_until=float(row[7]),
+    )
+
+
+def delivery_record_from_row(row: _Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        tracker=str(row[0]),
+        delivery_id=str(row[1]),
+        issue_key=str(row[2]),
+        received_at=float(row[3]),
+        job_status=cast("JobStatus | None", row[4]),
+        attempts=int(row[5]),
+        last_error=row[6],
+        delegation_state=cast("DelegationState | None", row[7]),
+        task_url=row[8],
+    )
+
+
+def delegation_from_row(row: _Row) -> Delegation:
+    return Delegation(
+        id=int(row[0]),
+        issue_key=str(row[1]),
+        generation=int(row[2]),
+        tracker=str(row[3]),
+        delivery_id=str(row[4]),
+        state=cast(DelegationState, row[5]),
+        account_id=row[6],
+        task_kind=row[7],
+        task_id=row[8],
+        task_name=row[9],
+        task_url=row[10],
+        comment_id=row[11],
+        attempts=int(row[12]),
+        last_error=row[13],
+        created_at=float(row[14]),
+        updated_at=float(row[15]),
+    )
+
+
+def account_from_row(row: _Row) -> Account:
+    return Account(
+        id=int(row[0]),
+        coder_user_id=str(row[1]),
+        coder_username=str(row[2]),
+        key_id=str(row[3]),
+        ciphertext=bytes(row[4]),
+        token_status=cast(TokenStatus, row[5]),
+        last_used_at=_opt_float(row[6]),
+    )
+
+
+def identity_from_row(row: _Row) -> Identity:
+    return Identity(provider=row[0], external_id=str(row[1]), login=str(row[2]))

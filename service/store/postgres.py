@@ -1,0 +1,564 @@
+"""The PostgreSQL backend of :class:`service.store.base.Store` (several processes).
+
+* An asyncpg pool; each method is one statement or one transaction on one
+  pooled connection (READ COMMITTED). Commits are durable on return under the
+  server's default ``synchronous_commit = on``.
+* ``accept`` is ONE statement: ``unnest`` of per-column arrays feeds an
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` whose rows a second CTE turns
+  into jobs, so a batch is one round trip and one transaction.
+* ``claim`` locks its candidates ``FOR UPDATE SKIP LOCKED``: concurrent workers
+  never wait for nor take each other's jobs. Only the oldest live job of an issue
+  is ever a candidate, so two workers cannot lease two jobs of one issue.
+* Migrations run each in a transaction holding an advisory lock, so replicas
+  starting together apply each version once.
+
+Objects live in the connection's ``search_path`` (``public`` by default); add
+``?search_path=NAME`` to the URL to use another schema.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from service.errors import StoreError
+from service.store import (
+    account_from_row,
+    delegation_from_row,
+    delivery_record_from_row,
+    first_wins,
+    identity_from_row,
+    job_from_row,
+    load_migrations,
+)
+from service.store.base import (
+    Account,
+    Delegation,
+    DeliveryRecord,
+    Identity,
+    Job,
+    NewDelivery,
+)
+
+__all__ = ["PostgresStore"]
+
+_MIGRATION_LOCK = 0x636F646572  # pg_advisory_xact_lock key: b"coder" as an integer
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)
+"""
+_APPLIED_VERSIONS = "SELECT version FROM schema_migrations ORDER BY version"
+_HAS_MIGRATIONS_TABLE = "SELECT to_regclass('schema_migrations') IS NOT NULL"
+_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)"
+
+_ACCEPT = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
+        WITH ORDINALITY AS t (tracker, delivery_id, issue_key, event_json, received_at, ord)
+), stored AS (
+    INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at)
+    SELECT tracker, delivery_id, issue_key, event_json, received_at FROM input ORDER BY ord
+    ON CONFLICT (tracker, delivery_id) DO NOTHING
+    RETURNING id, tracker, delivery_id, issue_key, received_at
+), enqueued AS (
+    INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
+    SELECT id, issue_key, received_at, received_at, received_at FROM stored
+)
+SELECT tracker, delivery_id FROM stored
+"""
+
+# Two candidate streams, each walked in (run_at, id) order on its partial index and
+# locked SKIP LOCKED: due queued jobs, and running jobs whose lease ended (their worker
+# died). A candidate is skipped if its issue has a job under a lease valid at $2 or an
+# older live job, so only the oldest live job of an issue can ever be chosen.
+_CLAIM = """
+WITH due AS (
+    SELECT j.id, j.run_at FROM jobs AS j
+    WHERE j.status = 'queued' AND j.run_at <= $2
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS o
+              WHERE o.issue_key = j.issue_key AND o.status = 'running' AND o.lease_until >= $2)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS o
+              WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
+                AND (o.run_at, o.id) < (j.run_at, j.id))
+    ORDER BY j.run_at, j.id
+    LIMIT $4
+    FOR UPDATE OF j SKIP LOCKED
+), expired AS (
+    SELECT j.id, j.run_at FROM jobs AS j
+    WHERE j.status = 'running' AND j.lease_until < $2
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS o
+              WHERE o.issue_key = j.issue_key AND o.status = 'running' AND o.lease_until >= $2)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS o
+              WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
+                AND (o.run_at, o.id) < (j.run_at, j.id))
+    ORDER BY j.run_at, j.id
+    LIMIT $4
+    FOR UPDATE OF j SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (SELECT id, run_at FROM due UNION ALL SELECT id, run_at FROM expired) AS c
+    ORDER BY run_at, id
+    LIMIT $4
+)
+UPDATE jobs
+SET status = 'running', lease_owner = $1, lease_until = $3,
+    attempts = jobs.attempts + 1, updated_at = $2
+FROM chosen, deliveries AS d
+WHERE jobs.id = chosen.id AND d.id = jobs.delivery_ref
+RETURNING jobs.id, d.tracker, d.delivery_id, jobs.issue_key, d.event_json,
+    jobs.attempts, jobs.lease_owner, jobs.lease_until, jobs.run_at
+"""
+
+# Job transitions change a job only while `owner` ($2) holds it (running, its lease).
+_RENEW_LEASE = """
+UPDATE jobs SET lease_until = $3, updated_at = $4
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+_FINISH_JOB = """
+UPDATE jobs SET status = 'done', updated_at = $3
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+_RETRY_JOB = """
+UPDATE jobs SET status = 'queued', run_at = $3, last_error = $4,
+    lease_owner = NULL, lease_until = NULL, updated_at = $5
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+_FAIL_JOB = """
+UPDATE jobs SET status = 'failed', last_error = $3, updated_at = $4
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+_RELEASE_JOB = """
+UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0),
+    lease_owner = NULL, lease_until = NULL, updated_at = $3
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+_QUEUE_STATS = """
+SELECT
+    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')),
+    least(
+        (SELECT min(run_at) FROM jobs WHERE status = 'queued' AND run_at <= $1),
+        (SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < $1))
+"""
+
+_LIST_DELIVERIES = """
+SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
+       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
+FROM deliveries AS d
+LEFT JOIN LATERAL (
+    SELECT x.status, x.attempts, x.last_error FROM jobs AS x
+    WHERE x.delivery_ref = d.id ORDER BY x.id DESC LIMIT 1) AS j ON true
+LEFT JOIN LATERAL (
+    SELECT y.state, y.task_url FROM delegations AS y
+    WHERE y.issue_key = d.issue_key ORDER BY y.generation DESC LIMIT 1) AS g ON true
+ORDER BY d.received_at DESC, d.id DESC
+LIMIT $1
+"""
+_REQUEUE_DELIVERY = """
+INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
+SELECT d.id, d.issue_key, $2, $2, $2 FROM deliveries AS d
+WHERE d.id = (SELECT id FROM deliveries WHERE delivery_id = $1
+              ORDER BY received_at DESC, id DESC LIMIT 1)
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
+                  AND status IN ('queued', 'running'))
+ON CONFLICT DO NOTHING
+"""
+# A delivery with a live job has a row in jobs_one_active_per_delivery, so a
+# concurrent requeue of the same delivery conflicts and inserts nothing.
+
+_DELEGATION_COLUMNS_SELECT = """
+SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
+    task_name, task_url, comment_id, attempts, last_error, created_at, updated_at
+FROM delegations
+"""
+_CURRENT_DELEGATION = (
+    _DELEGATION_COLUMNS_SELECT + " WHERE issue_key = $1 ORDER BY generation DESC LIMIT 1"
+)
+_GET_DELEGATION = _DELEGATION_COLUMNS_SELECT + " WHERE issue_key = $1 AND generation = $2"
+_INSERT_DELEGATION = """
+INSERT INTO delegations
+    (issue_key, generation, tracker, delivery_id, state, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'pending', $5, $5)
+ON CONFLICT (issue_key, generation) DO NOTHING
+"""
+_SAVE_DELEGATION = """
+UPDATE delegations
+SET state = $2, account_id = $3, task_kind = $4, task_id = $5, task_name = $6,
+    task_url = $7, comment_id = $8, attempts = $9, last_error = $10, updated_at = $11
+WHERE id = $1
+"""
+
+_ACCOUNT_SELECT = """
+SELECT a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status,
+    a.last_used_at
+"""
+_UPSERT_ACCOUNT = """
+INSERT INTO accounts
+    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'valid', $5, $5)
+ON CONFLICT (coder_user_id) DO UPDATE
+SET coder_username = excluded.coder_username, key_id = excluded.key_id,
+    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
+RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at
+"""
+_UPSERT_IDENTITY = """
+INSERT INTO identities (provider, external_id, login, account_id, linked_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (provider, external_id) DO UPDATE
+SET account_id = excluded.account_id, linked_at = excluded.linked_at,
+    login = CASE WHEN excluded.login <> '' THEN excluded.login ELSE identities.login END
+"""
+_DELETE_ORPHAN_ACCOUNTS_EXCEPT = """
+DELETE FROM accounts
+WHERE id <> $1 AND NOT EXISTS (SELECT 1 FROM identities AS i WHERE i.account_id = accounts.id)
+"""
+_FIND_ACCOUNT = (
+    _ACCOUNT_SELECT
+    + " FROM identities AS i JOIN accounts AS a ON a.id = i.account_id"
+    + " WHERE i.provider = $1 AND i.external_id = $2"
+)
+_GET_ACCOUNT = _ACCOUNT_SELECT + " FROM accounts AS a WHERE a.id = $1"
+_LIST_ACCOUNTS = (
+    _ACCOUNT_SELECT
+    + ", i.provider, i.external_id, i.login"
+    + " FROM accounts AS a LEFT JOIN identities AS i ON i.account_id = a.id"
+    + " ORDER BY a.coder_username, a.id, i.provider, i.external_id"
+)
+_DELETE_IDENTITY = """
+DELETE FROM identities WHERE provider = $1 AND external_id = $2 RETURNING account_id
+"""
+_DELETE_ACCOUNT_IF_ORPHAN = """
+DELETE FROM accounts
+WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM identities WHERE account_id = $1)
+"""
+_DELETE_IDENTITIES_OF_USERNAME = """
+DELETE FROM identities
+WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = $1)
+"""
+_DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = $1"
+_SET_ACCOUNT_INVALID = "UPDATE accounts SET token_status = 'invalid', updated_at = $2 WHERE id = $1"
+_SET_ACCOUNT_USED = """
+UPDATE accounts SET last_used_at = greatest(coalesce(last_used_at, $2), $2) WHERE id = $1
+"""
+_REPLACE_CIPHERTEXT = """
+UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
+WHERE id = $1 AND key_id = $2
+"""
+
+
+def _changed(status: str) -> int:
+    """Rows changed, from asyncpg's command tag (``"UPDATE 3"``, ``"INSERT 0 1"``)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    """:class:`~service.store.base.Store` on PostgreSQL (see the module docstring).
+
+    Create with ``await PostgresStore.open(url)``; every method is one transaction.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        """Wrap an opened asyncpg pool; prefer :meth:`open`."""
+        self._pool: Any = pool
+
+    def __repr__(self) -> str:
+        return "PostgresStore()"  # never the URL: it may carry a password
+
+    @classmethod
+    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
+        """Connect a pool to ``url``; ``StoreError`` (without the URL) if that fails."""
+        try:
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
+        return cls(pool)
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise StoreError("the store is closed")
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._require_pool().fetch(sql, *args))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        rows = await self._fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        """Run one write statement; the rows it changed."""
+        try:
+            return _changed(await self._require_pool().execute(sql, *args))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def _transaction(self, body: Any) -> Any:
+        """Run ``body(conn)`` in one transaction on one pooled connection."""
+        try:
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                return await body(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    # -- lifecycle and health -------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations, each in a transaction under an advisory lock.
+
+        Raises ``StoreError`` if the database is newer than this code (a downgrade).
+        """
+        migrations = load_migrations("postgres")
+        newest = migrations[-1].version if migrations else 0
+        done: list[int] = []
+        for migration in migrations:
+
+            async def body(conn: Any, migration: Any = migration) -> bool:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(_CREATE_MIGRATIONS_TABLE)
+                applied = {row[0] for row in await conn.fetch(_APPLIED_VERSIONS)}
+                if applied and max(applied) > newest:
+                    raise StoreError(
+                        f"the database schema is version {max(applied)}, newer than this "
+                        f"coder-bridge knows ({newest}): upgrade coder-bridge"
+                    )
+                if migration.version in applied:
+                    return False
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    _RECORD_MIGRATION, migration.version, migration.name, time.time()
+                )
+                return True
+
+            if await self._transaction(body):
+                done.append(migration.version)
+        return done
+
+    async def schema_status(self) -> tuple[int, int]:
+        """(highest version applied, 0 on an empty schema; newest version known)."""
+        migrations = load_migrations("postgres")
+        newest = migrations[-1].version if migrations else 0
+
+        async def body(conn: Any) -> int:
+            if not await conn.fetchval(_HAS_MIGRATIONS_TABLE):
+                return 0
+            versions = [row[0] for row in await conn.fetch(_APPLIED_VERSIONS)]
+            return max(versions, default=0)
+
+        return int(await self._transaction(body)), newest
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless ``SELECT 1`` answers."""
+        row = await self._fetchrow("SELECT 1")
+        if row is None or row[0] != 1:
+            raise StoreError("PostgreSQL did not answer SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pool (waiting for checked-out connections); idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # -- ingest ---------------------------------------------------------------------
+    async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
+        """Store and enqueue the batch in ONE statement (one round trip, one
+        transaction). Per input: True if new, False if a duplicate (first wins)."""
+        if not deliveries:
+            return []
+        rows = await self._fetch(
+            _ACCEPT,
+            [d.tracker for d in deliveries],
+            [d.delivery_id for d in deliveries],
+            [d.issue_key for d in deliveries],
+            [d.event_json for d in deliveries],
+            [float(d.received_at) for d in deliveries],
+        )
+        return first_wins(deliveries, {(row[0], row[1]) for row in rows})
+
+    # -- jobs -----------------------------------------------------------------------
+    async def claim(self, owner: str, *, now: float, lease_seconds: float, limit: int) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs (``FOR UPDATE SKIP LOCKED``); see
+        ``Store.claim``. A lease is valid through ``lease_until`` itself."""
+        if limit <= 0:
+            return []
+        rows = await self._fetch(_CLAIM, owner, now, now + lease_seconds, limit)
+        rows.sort(key=lambda row: (float(row[8]), int(row[0])))
+        return [job_from_row(row) for row in rows]
+
+    async def renew_lease(self, job_id: int, owner: str, *, until: float) -> bool:
+        """Set the lease end; False (no change) if ``owner`` no longer holds the job."""
+        return await self._execute(_RENEW_LEASE, job_id, owner, until, time.time()) == 1
+
+    async def finish_job(self, job_id: int, owner: str) -> None:
+        """Mark the job ``done``; a no-op unless ``owner`` holds it."""
+        await self._execute(_FINISH_JOB, job_id, owner, time.time())
+
+    async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
+        """Queue the job again at ``run_at`` with ``last_error``; a no-op unless
+        ``owner`` holds it."""
+        await self._execute(_RETRY_JOB, job_id, owner, run_at, error, time.time())
+
+    async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
+        """Mark the job ``failed``; a no-op unless ``owner`` holds it."""
+        await self._execute(_FAIL_JOB, job_id, owner, error, time.time())
+
+    async def release_job(self, job_id: int, owner: str) -> None:
+        """Give the job back uncounted; a no-op unless ``owner`` holds it."""
+        await self._execute(_RELEASE_JOB, job_id, owner, time.time())
+
+    async def queue_stats(self, *, now: float) -> tuple[int, float]:
+        """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""
+        row = await self._fetchrow(_QUEUE_STATS, now)
+        oldest = row[1]
+        return int(row[0]), (max(0.0, now - float(oldest)) if oldest is not None else 0.0)
+
+    # -- deliveries (CLI) -----------------------------------------------------------
+    async def list_deliveries(self, *, limit: int) -> list[DeliveryRecord]:
+        """Newest first, with the newest job and the issue's newest delegation."""
+        return [delivery_record_from_row(row) for row in await self._fetch(_LIST_DELIVERIES, limit)]
+
+    async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
+        """Enqueue a fresh job unless one is live; see ``SQLiteStore.requeue_delivery``."""
+        return await self._execute(_REQUEUE_DELIVERY, delivery_id, now) == 1
+
+    # -- delegations ----------------------------------------------------------------
+    async def current_delegation(self, issue_key: str) -> Delegation | None:
+        """The issue's delegation with the highest generation, if any."""
+        row = await self._fetchrow(_CURRENT_DELEGATION, issue_key)
+        return delegation_from_row(row) if row is not None else None
+
+    async def create_delegation(
+        self, *, issue_key: str, tracker: str, delivery_id: str, generation: int, now: float
+    ) -> Delegation:
+        """Insert ``generation`` as ``pending``; if it exists, return it unchanged."""
+
+        async def body(conn: Any) -> Any:
+            await conn.execute(_INSERT_DELEGATION, issue_key, generation, tracker, delivery_id, now)
+            return await conn.fetchrow(_GET_DELEGATION, issue_key, generation)
+
+        return delegation_from_row(await self._transaction(body))
+
+    async def save_delegation(self, delegation: Delegation) -> None:
+        """Write the mutable fields; ``StoreError`` if the row does not exist."""
+        changed = await self._execute(
+            _SAVE_DELEGATION,
+            delegation.id,
+            delegation.state,
+            delegation.account_id,
+            delegation.task_kind,
+            delegation.task_id,
+            delegation.task_name,
+            delegation.task_url,
+            delegation.comment_id,
+            delegation.attempts,
+            delegation.last_error,
+            delegation.updated_at,
+        )
+        if changed != 1:
+            raise StoreError(f"delegation {delegation.id} does not exist")
+
+    # -- accounts -------------------------------------------------------------------
+    async def link_account(
+        self,
+        *,
+        coder_user_id: str,
+        coder_username: str,
+        key_id: str,
+        ciphertext: bytes,
+        identities: Sequence[Identity],
+    ) -> Account:
+        """See ``SQLiteStore.link_account``: same semantics."""
+        wall = time.time()
+
+        async def body(conn: Any) -> Any:
+            row = await conn.fetchrow(
+                _UPSERT_ACCOUNT, coder_user_id, coder_username, key_id, ciphertext, wall
+            )
+            links = [(i.provider, i.external_id, i.login, row[0], wall) for i in identities]
+            if links:
+                await conn.executemany(_UPSERT_IDENTITY, links)
+            await conn.execute(_DELETE_ORPHAN_ACCOUNTS_EXCEPT, row[0])
+            return row
+
+        return account_from_row(await self._transaction(body))
+
+    async def find_account(self, provider: str, external_id: str) -> Account | None:
+        """The account this tracker identity is linked to, if any."""
+        row = await self._fetchrow(_FIND_ACCOUNT, provider, external_id)
+        return account_from_row(row) if row is not None else None
+
+    async def get_account(self, account_id: int) -> Account | None:
+        """The account with this id, if any."""
+        row = await self._fetchrow(_GET_ACCOUNT, account_id)
+        return account_from_row(row) if row is not None else None
+
+    async def list_accounts(self) -> list[tuple[Account, list[Identity]]]:
+        """Every account with its identities, ordered by username."""
+        grouped: dict[int, tuple[Account, list[Identity]]] = {}
+        for row in await self._fetch(_LIST_ACCOUNTS):
+            entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
+            if row[7] is not None:
+                entry[1].append(identity_from_row(tuple(row)[7:]))
+        return list(grouped.values())
+
+    async def unlink(
+        self,
+        *,
+        provider: str | None = None,
+        external_id: str | None = None,
+        coder_username: str | None = None,
+    ) -> int:
+        """See ``SQLiteStore.unlink``: identities plus accounts removed."""
+        usage = "unlink takes provider and external_id, or coder_username"
+        if coder_username is not None:
+            if provider is not None or external_id is not None:
+                raise ValueError(usage)
+            return int(await self._transaction(_unlink_username(coder_username)))
+        if provider is None or external_id is None:
+            raise ValueError(usage)
+        return int(await self._transaction(_unlink_identity(provider, external_id)))
+
+    async def mark_token_invalid(self, account_id: int) -> None:
+        """Set ``token_status`` to ``invalid``."""
+        await self._execute(_SET_ACCOUNT_INVALID, account_id, time.time())
+
+    async def mark_token_used(self, account_id: int, *, now: float) -> None:
+        """Set ``last_used_at`` to ``now`` unless it is already later."""
+        await self._execute(_SET_ACCOUNT_USED, account_id, now)
+
+    async def replace_ciphertext(
+        self, account_id: int, *, old_key_id: str, key_id: str, ciphertext: bytes
+    ) -> bool:
+        """Compare-and-swap on the key id; True if swapped."""
+        changed = await self._execute(
+            _REPLACE_CIPHERTEXT, account_id, old_key_id, key_id, ciphertext, time.time()
+        )
+        return changed == 1
+
+
+def _unlink_identity(provider: str, external_id: str) -> Any:
+    async def body(conn: Any) -> int:
+        account_id = await conn.fetchval(_DELETE_IDENTITY, provider, external_id)
+        if account_id is None:
+            return 0
+        return 1 + _changed(await conn.execute(_DELETE_ACCOUNT_IF_ORPHAN, account_id))
+
+    return body
+
+
+def _unlink_username(coder_username: str) -> Any:
+    async def body(conn: Any) -> int:
+        removed = _changed(await conn.execute(_DELETE_IDENTITIES_OF_USERNAME, coder_username))
+        return removed + _changed(await conn.execute(_DELETE_ACCOUNTS_OF_USERNAME, coder_username))
+
+    return body

@@ -1,0 +1,658 @@
+"""The Store contract, run against every backend (habit 11).
+
+Each backend is a ``Backend`` whose ``open()`` returns a new store on the SAME
+database, so durability can be checked by closing and reopening. Add a backend
+by adding a parameter to the ``backend`` fixture. Clocks are passed as ``now``:
+no test sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.errors import StoreError
+from service.store import load_migrations, open_store, sqlite_path
+from service.store.base import Account, Identity, Job, NewDelivery, Store
+from service.store.sqlite import ACCEPT_CHUNK, SQLiteStore, split_statements
+
+T0 = 1_700_000_000.0
+LEASE = 30.0
+
+
+@dataclass
+class Backend:
+    """How to open (again) the one database of a test."""
+
+    name: str
+    open: Callable[[], Awaitable[Store]]
+    dialect: str
+
+
+#: The PostgreSQL server of the contract suite (trust auth in CI). Each test gets a
+#: schema of its own, dropped afterwards; the suite fails (never skips) without it.
+POSTGRES_URL = os.environ.get(
+    "CODER_BRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/data/bridge.db"
+        yield Backend("sqlite", lambda: open_store(url), "sqlite")
+    elif request.param == "postgres":
+        async with postgres_schema() as url:
+            yield Backend("postgres", lambda: open_store(url), "postgres")
+    else:  # pragma: no cover - a backend added to params without a branch here
+        raise AssertionError(request.param)
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh schema on the test server; yields a URL whose search_path selects it."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = await backend.open()
+    await opened.migrate()
+    yield opened
+    await opened.close()
+
+
+_ids = itertools.count(1)
+
+
+def delivery(
+    issue_key: str = "github:acme/app#1",
+    *,
+    delivery_id: str | None = None,
+    tracker: str = "github",
+    received_at: float = T0,
+    event_json: str = '{"action": "labeled"}',
+) -> NewDelivery:
+    return NewDelivery(
+        tracker=tracker,
+        delivery_id=delivery_id or f"d-{next(_ids)}",
+        issue_key=issue_key,
+        event_json=event_json,
+        received_at=received_at,
+    )
+
+
+async def claim_one(store: Store, owner: str = "w1", *, now: float = T0 + 1) -> Job:
+    jobs = await store.claim(owner, now=now, lease_seconds=LEASE, limit=1)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+async def job_status(store: Store, delivery_id: str) -> tuple[str | None, int, str | None]:
+    for record in await store.list_deliveries(limit=1000):
+        if record.delivery_id == delivery_id:
+            return record.job_status, record.attempts, record.last_error
+    raise AssertionError(f"delivery {delivery_id} not listed")
+
+
+# -- lifecycle ---------------------------------------------------------------------
+
+
+async def test_migrate_applies_every_version_once_and_reports_status(backend: Backend) -> None:
+    newest = load_migrations(backend.dialect)[-1].version
+    fresh = await backend.open()
+    try:
+        assert await fresh.schema_status() == (0, newest)
+        assert await fresh.migrate() == list(range(1, newest + 1))
+        assert await fresh.migrate() == []
+        assert await fresh.schema_status() == (newest, newest)
+    finally:
+        await fresh.close()
+    reopened = await backend.open()
+    try:
+        assert await reopened.migrate() == []
+        await reopened.ping()
+    finally:
+        await reopened.close()
+
+
+async def test_closed_store_raises_store_error(backend: Backend) -> None:
+    closed = await backend.open()
+    await closed.close()
+    await closed.close()  # closing twice is harmless
+    with pytest.raises(StoreError):
+        await closed.ping()
+
+
+# -- accept ------------------------------------------------------------------------
+
+
+async def test_accept_stores_new_deliveries_and_flags_duplicates(store: Store) -> None:
+    a, b, c = delivery(), delivery(), delivery()
+    assert await store.accept([a, b]) == [True, True]
+    assert await store.accept([b, c, a]) == [False, True, False]
+    assert await store.accept([]) == []
+    assert (await store.queue_stats(now=T0))[0] == 3
+
+
+async def test_same_delivery_id_on_two_trackers_is_two_deliveries(store: Store) -> None:
+    github = delivery(delivery_id="same", tracker="github")
+    linear = delivery(delivery_id="same", tracker="linear", issue_key="linear:ENG-1")
+    assert await store.accept([github, linear]) == [True, True]
+
+
+async def test_duplicate_inside_one_batch_first_wins(store: Store) -> None:
+    first = delivery("github:acme/app#1", delivery_id="dup")
+    second = delivery("github:acme/app#2", delivery_id="dup", event_json="{}")
+    assert await store.accept([first, second, first]) == [True, False, False]
+    jobs = await store.claim("w1", now=T0 + 1, lease_seconds=LEASE, limit=10)
+    assert [(j.delivery_id, j.issue_key, j.event_json) for j in jobs] == [
+        ("dup", "github:acme/app#1", first.event_json)
+    ]
+
+
+async def test_batch_larger_than_one_statement_is_one_transaction(store: Store) -> None:
+    batch = [delivery(f"github:acme/app#{i}") for i in range(ACCEPT_CHUNK * 2 + 5)]
+    batch.insert(ACCEPT_CHUNK + 3, batch[1])  # a duplicate in a later chunk
+    result = await store.accept(batch)
+    assert result.count(False) == 1 and result[ACCEPT_CHUNK + 3] is False
+    assert (await store.queue_stats(now=T0))[0] == ACCEPT_CHUNK * 2 + 5
+
+
+async def test_accepted_delivery_survives_closing_and_reopening(backend: Backend) -> None:
+    # Raw NUL characters are not part of the contract (PostgreSQL text cannot hold
+    # them; JSON text never contains one unescaped).
+    event = '{"title": "caf\u00e9 \\"quoted\\" \U0001f600", "nul": "\\u0000"}'
+    first = await backend.open()
+    await first.migrate()
+    assert await first.accept([delivery("github:acme/app#9", delivery_id="keep", event_json=event)])
+    await first.close()
+
+    second = await backend.open()
+    try:
+        assert await second.accept([delivery(delivery_id="keep")]) == [False]
+        job = await claim_one(second)
+        assert (job.delivery_id, job.issue_key, job.event_json) == (
+            "keep",
+            "github:acme/app#9",
+            event,
+        )
+    finally:
+        await second.close()
+
+
+# -- claim and leases --------------------------------------------------------------
+
+
+async def test_claim_returns_oldest_run_at_first_up_to_limit(store: Store) -> None:
+    late = delivery("i:3", received_at=T0 + 3)
+    early = delivery("i:1", received_at=T0 + 1)
+    middle = delivery("i:2", received_at=T0 + 2)
+    future = delivery("i:4", received_at=T0 + 100)
+    await store.accept([late, early, middle, future])
+
+    jobs = await store.claim("w1", now=T0 + 10, lease_seconds=LEASE, limit=2)
+    assert [j.delivery_id for j in jobs] == [early.delivery_id, middle.delivery_id]
+    assert all(j.attempts == 1 and j.lease_owner == "w1" for j in jobs)
+    assert all(j.lease_until == T0 + 10 + LEASE for j in jobs)
+
+    jobs = await store.claim("w1", now=T0 + 10, lease_seconds=LEASE, limit=10)
+    assert [j.delivery_id for j in jobs] == [late.delivery_id]  # `future` is not due
+    assert await store.claim("w1", now=T0 + 10, lease_seconds=LEASE, limit=0) == []
+
+
+async def test_claim_never_returns_two_jobs_of_one_issue(store: Store) -> None:
+    one = delivery("github:acme/app#1", received_at=T0)
+    two = delivery("github:acme/app#1", received_at=T0 + 1)
+    other = delivery("github:acme/app#2", received_at=T0 + 2)
+    await store.accept([one, two, other])
+
+    jobs = await store.claim("w1", now=T0 + 5, lease_seconds=LEASE, limit=10)
+    assert [j.delivery_id for j in jobs] == [one.delivery_id, other.delivery_id]
+    # `one` holds a valid lease: nobody may take `two` of the same issue meanwhile.
+    assert await store.claim("w2", now=T0 + 6, lease_seconds=LEASE, limit=10) == []
+
+    await store.finish_job(jobs[0].id, "w1")
+    job = await claim_one(store, "w2", now=T0 + 7)
+    assert job.delivery_id == two.delivery_id
+
+
+async def test_one_job_per_issue_even_with_equal_run_at(store: Store) -> None:
+    same = [delivery("issue:same", received_at=T0) for _ in range(5)]
+    await store.accept([*same, delivery("issue:other", received_at=T0)])
+    jobs = await store.claim("w1", now=T0, lease_seconds=LEASE, limit=10)
+    assert sorted(j.issue_key for j in jobs) == ["issue:other", "issue:same"]
+    assert [j.delivery_id for j in jobs if j.issue_key == "issue:same"] == [same[0].delivery_id]
+
+
+async def test_expired_lease_is_claimed_again_by_another_worker(store: Store) -> None:
+    await store.accept([delivery(delivery_id="crash")])
+    dead = await claim_one(store, "A", now=T0)
+    assert await store.claim("B", now=T0 + LEASE, lease_seconds=LEASE, limit=5) == []
+
+    again = await claim_one(store, "B", now=T0 + LEASE + 1)
+    assert (again.id, again.attempts, again.lease_owner) == (dead.id, 2, "B")
+    # The dead worker comes back: it no longer holds the job and changes nothing.
+    assert await store.renew_lease(dead.id, "A", until=T0 + 999) is False
+    await store.finish_job(dead.id, "A")
+    await store.fail_job(dead.id, "A", error="late")
+    await store.retry_job(dead.id, "A", run_at=T0, error="late")
+    await store.release_job(dead.id, "A")
+    assert await job_status(store, "crash") == ("running", 2, None)
+    assert await store.renew_lease(again.id, "B", until=T0 + 500) is True
+
+
+async def test_lease_expiry_blocks_nothing_else_of_the_issue(store: Store) -> None:
+    first = delivery("issue:x", received_at=T0)
+    second = delivery("issue:x", received_at=T0 + 1)
+    await store.accept([first, second])
+    await claim_one(store, "A", now=T0 + 2)
+    # A died; at expiry the oldest runnable job of the issue (the expired one) comes first.
+    job = await claim_one(store, "B", now=T0 + 2 + LEASE + 1)
+    assert job.delivery_id == first.delivery_id
+
+
+async def test_renew_extends_the_lease_for_its_owner_only(store: Store) -> None:
+    await store.accept([delivery()])
+    job = await claim_one(store, "A", now=T0)
+    assert await store.renew_lease(job.id, "stranger", until=T0 + 1000) is False
+    assert await store.renew_lease(job.id, "A", until=T0 + 100) is True
+    # Past the original lease but within the renewed one: not claimable.
+    assert await store.claim("B", now=T0 + LEASE + 10, lease_seconds=LEASE, limit=5) == []
+    assert len(await store.claim("B", now=T0 + 101, lease_seconds=LEASE, limit=5)) == 1
+
+
+async def test_retry_runs_again_at_run_at_with_the_error_kept(store: Store) -> None:
+    await store.accept([d := delivery()])
+    job = await claim_one(store, now=T0)
+    await store.retry_job(job.id, "w1", run_at=T0 + 100, error="coder: timeout")
+    assert await job_status(store, d.delivery_id) == ("queued", 1, "coder: timeout")
+
+    assert await store.claim("w1", now=T0 + 99, lease_seconds=LEASE, limit=5) == []
+    again = await claim_one(store, now=T0 + 100)
+    assert (again.id, again.attempts) == (job.id, 2)
+
+
+async def test_finish_and_fail_are_final(store: Store) -> None:
+    done, failed = delivery("i:1"), delivery("i:2")
+    await store.accept([done, failed])
+    jobs = await store.claim("w1", now=T0 + 1, lease_seconds=LEASE, limit=5)
+    by_delivery = {j.delivery_id: j for j in jobs}
+    await store.finish_job(by_delivery[done.delivery_id].id, "w1")
+    await store.fail_job(by_delivery[failed.delivery_id].id, "w1", error="github: 404")
+
+    assert await job_status(store, done.delivery_id) == ("done", 1, None)
+    assert await job_status(store, failed.delivery_id) == ("failed", 1, "github: 404")
+    far = T0 + 10 * LEASE
+    assert await store.claim("w2", now=far, lease_seconds=LEASE, limit=5) == []
+    assert await store.queue_stats(now=far) == (0, 0.0)
+
+
+async def test_release_gives_the_job_back_without_counting_the_attempt(store: Store) -> None:
+    await store.accept([d := delivery()])
+    job = await claim_one(store, "A", now=T0 + 1)
+    await store.release_job(job.id, "A")
+    assert await job_status(store, d.delivery_id) == ("queued", 0, None)
+    again = await claim_one(store, "B", now=T0 + 2)
+    assert (again.id, again.attempts) == (job.id, 1)
+
+
+async def test_queue_stats_counts_live_jobs_and_ages_the_oldest_runnable(store: Store) -> None:
+    assert await store.queue_stats(now=T0) == (0, 0.0)
+    await store.accept([delivery("i:1", received_at=T0), delivery("i:2", received_at=T0 + 5)])
+    assert await store.queue_stats(now=T0 + 10) == (2, 10.0)
+
+    job = await claim_one(store, now=T0 + 10)  # the oldest is now leased, not runnable
+    assert await store.queue_stats(now=T0 + 10) == (2, 5.0)
+    await store.finish_job(job.id, "w1")
+    assert await store.queue_stats(now=T0 + 10) == (1, 5.0)
+    assert await store.queue_stats(now=T0 + 1) == (1, 0.0)  # nothing due yet
+
+
+# -- deliveries ----------------------------------------------------------------------
+
+
+async def test_requeue_delivery_enqueues_a_fresh_job_only_when_none_is_live(store: Store) -> None:
+    await store.accept([d := delivery()])
+    assert await store.requeue_delivery("unknown", now=T0) is False
+    assert await store.requeue_delivery(d.delivery_id, now=T0) is False  # still queued
+
+    job = await claim_one(store, now=T0 + 1)
+    assert await store.requeue_delivery(d.delivery_id, now=T0 + 2) is False  # running
+    await store.fail_job(job.id, "w1", error="boom")
+    assert await store.requeue_delivery(d.delivery_id, now=T0 + 3) is True
+    assert await job_status(store, d.delivery_id) == ("queued", 0, None)
+
+    fresh = await claim_one(store, now=T0 + 3)
+    assert (fresh.delivery_id, fresh.attempts) == (d.delivery_id, 1)
+    assert fresh.id != job.id
+
+
+async def test_list_deliveries_newest_first_with_job_and_delegation(store: Store) -> None:
+    old = delivery("github:acme/app#1", received_at=T0)
+    new = delivery("github:acme/app#2", received_at=T0 + 1)
+    await store.accept([old, new])
+    created = await store.create_delegation(
+        issue_key="github:acme/app#1",
+        tracker="github",
+        delivery_id=old.delivery_id,
+        generation=1,
+        now=T0,
+    )
+    url = "https://coder.example.com/tasks/alice/t1"
+    await store.save_delegation(replace(created, state="active", task_url=url))
+
+    records = await store.list_deliveries(limit=10)
+    assert [r.delivery_id for r in records] == [new.delivery_id, old.delivery_id]
+    assert (records[1].job_status, records[1].delegation_state, records[1].task_url) == (
+        "queued",
+        "active",
+        url,
+    )
+    assert (records[0].delegation_state, records[0].task_url) == (None, None)
+    assert len(await store.list_deliveries(limit=1)) == 1
+
+
+# -- delegations ----------------------------------------------------------------------
+
+
+async def test_create_delegation_is_idempotent_per_generation(store: Store) -> None:
+    key = "linear:ENG-7"
+    assert await store.current_delegation(key) is None
+    first = await store.create_delegation(
+        issue_key=key, tracker="linear", delivery_id="d1", generation=1, now=T0
+    )
+    assert (first.state, first.generation, first.attempts, first.created_at) == (
+        "pending",
+        1,
+        0,
+        T0,
+    )
+    again = await store.create_delegation(
+        issue_key=key, tracker="linear", delivery_id="other", generation=1, now=T0 + 5
+    )
+    assert again == first
+    second = await store.create_delegation(
+        issue_key=key, tracker="linear", delivery_id="d2", generation=2, now=T0 + 9
+    )
+    assert second.id != first.id
+    assert await store.current_delegation(key) == second
+
+
+async def test_save_delegation_writes_every_mutable_field(store: Store) -> None:
+    account = await link(store, "u-1", "alice", [Identity("github", "1")])
+    created = await store.create_delegation(
+        issue_key="github:acme/app#3", tracker="github", delivery_id="d", generation=1, now=T0
+    )
+    saved = replace(
+        created,
+        state="task_created",
+        account_id=account.id,
+        task_kind="tasks",
+        task_id="t-1",
+        task_name="gh-acme-app-3-1",
+        task_url="https://coder.example.com/tasks/alice/t-1",
+        comment_id="c-9",
+        attempts=2,
+        last_error="coder: 503",
+        updated_at=T0 + 30,
+    )
+    await store.save_delegation(saved)
+    assert await store.current_delegation("github:acme/app#3") == saved
+    with pytest.raises(StoreError):
+        await store.save_delegation(replace(saved, id=saved.id + 1000))
+
+
+# -- accounts --------------------------------------------------------------------------
+
+
+async def link(
+    store: Store,
+    user_id: str,
+    username: str,
+    identities: list[Identity],
+    *,
+    key_id: str = "k1",
+    ciphertext: bytes = b"sealed",
+) -> Account:
+    return await store.link_account(
+        coder_user_id=user_id,
+        coder_username=username,
+        key_id=key_id,
+        ciphertext=ciphertext,
+        identities=identities,
+    )
+
+
+async def account_of(store: Store, account_id: int) -> Account:
+    found = await store.get_account(account_id)
+    assert found is not None
+    return found
+
+
+async def test_link_find_and_list_accounts(store: Store) -> None:
+    bob = await link(store, "u-2", "bob", [Identity("linear", "lin-b")])
+    alice = await link(
+        store, "u-1", "alice", [Identity("github", "1", "alice-gh"), Identity("linear", "lin-a")]
+    )
+    assert (alice.coder_username, alice.token_status, alice.last_used_at) == (
+        "alice",
+        "valid",
+        None,
+    )
+    assert await store.find_account("github", "1") == alice
+    assert await store.find_account("linear", "lin-b") == bob
+    assert await store.find_account("github", "404") is None
+    assert await store.get_account(alice.id) == alice
+    assert await store.get_account(alice.id + bob.id + 100) is None
+
+    listed = await store.list_accounts()
+    assert [(a.coder_username, ids) for a, ids in listed] == [
+        ("alice", [Identity("github", "1", "alice-gh"), Identity("linear", "lin-a")]),
+        ("bob", [Identity("linear", "lin-b")]),
+    ]
+
+
+async def test_relinking_replaces_the_token_and_revalidates_it(store: Store) -> None:
+    first = await link(store, "u-1", "alice", [Identity("github", "1", "alice")])
+    await store.mark_token_invalid(first.id)
+    assert await account_of(store, first.id) == replace(first, token_status="invalid")
+    await store.mark_token_used(first.id, now=T0)
+
+    again = await link(
+        store, "u-1", "alice2", [Identity("github", "1")], key_id="k2", ciphertext=b"new"
+    )
+    assert again.id == first.id
+    assert (again.coder_username, again.key_id, again.ciphertext) == ("alice2", "k2", b"new")
+    assert (again.token_status, again.last_used_at) == ("valid", T0)
+    # An empty login keeps the stored one.
+    assert (await store.list_accounts())[0][1] == [Identity("github", "1", "alice")]
+
+
+async def test_identity_moves_and_an_account_left_without_identities_is_deleted(
+    store: Store,
+) -> None:
+    old = await link(store, "u-1", "alice", [Identity("github", "1"), Identity("linear", "a")])
+    new = await link(store, "u-2", "bob", [Identity("github", "1")])
+    assert await store.find_account("github", "1") == new
+    assert await store.find_account("linear", "a") == old
+
+    await link(store, "u-2", "bob", [Identity("linear", "a")])
+    assert await store.get_account(old.id) is None  # its last identity moved away
+    assert [a.coder_username for a, _ in await store.list_accounts()] == ["bob"]
+
+
+async def test_unlink_identity_or_account(store: Store) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1"), Identity("linear", "a")])
+    await link(store, "u-2", "bob", [Identity("github", "2"), Identity("linear", "b")])
+
+    assert await store.unlink(provider="github", external_id="404") == 0
+    assert await store.unlink(provider="github", external_id="1") == 1
+    assert await store.get_account(alice.id) is not None
+    assert await store.unlink(provider="linear", external_id="a") == 2  # identity + account
+    assert await store.get_account(alice.id) is None
+
+    assert await store.unlink(coder_username="nobody") == 0
+    assert await store.unlink(coder_username="bob") == 3  # two identities + the account
+    assert await store.list_accounts() == []
+    assert await store.find_account("github", "2") is None
+
+    with pytest.raises(ValueError):
+        await store.unlink(provider="github")
+    with pytest.raises(ValueError):
+        await store.unlink(provider="github", external_id="1", coder_username="bob")
+
+
+async def test_token_status_and_last_used(store: Store) -> None:
+    account = await link(store, "u-1", "alice", [Identity("github", "1")])
+    await store.mark_token_used(account.id, now=T0 + 10)
+    await store.mark_token_used(account.id, now=T0 + 5)  # an older report does not win
+    await store.mark_token_invalid(account.id)
+    stored = await account_of(store, account.id)
+    assert (stored.token_status, stored.last_used_at) == ("invalid", T0 + 10)
+
+
+async def test_replace_ciphertext_is_a_compare_and_swap_on_the_key_id(store: Store) -> None:
+    account = await link(store, "u-1", "alice", [Identity("github", "1")], key_id="old")
+    assert not await store.replace_ciphertext(
+        account.id, old_key_id="other", key_id="new", ciphertext=b"x"
+    )
+    assert await store.replace_ciphertext(
+        account.id, old_key_id="old", key_id="new", ciphertext=b"rotated"
+    )
+    assert not await store.replace_ciphertext(
+        account.id, old_key_id="old", key_id="new", ciphertext=b"again"
+    )
+    stored = await store.get_account(account.id)
+    assert stored is not None and (stored.key_id, stored.ciphertext) == ("new", b"rotated")
+
+
+# -- concurrency --------------------------------------------------------------------
+
+
+async def test_concurrent_accepts_and_claims_never_lose_or_double_claim(
+    store: Store, backend: Backend
+) -> None:
+    ids = [f"c-{n}" for n in range(600)]
+    # 50 batches of 20 with overlaps: every id is offered one to three times.
+    batches = [
+        [delivery(f"issue:{n % 37}", delivery_id=ids[n]) for n in offsets]
+        for offsets in ([(b * 12 + k) % len(ids) for k in range(20)] for b in range(50))
+    ]
+    offered = {d.delivery_id for batch in batches for d in batch}
+    claimed: list[str] = []
+    held: set[str] = set()  # issues whose job a worker is running right now
+    stop = asyncio.Event()
+    replica = await backend.open()  # a second process on the same database
+
+    async def worker(name: str, on: Store) -> None:
+        clock = itertools.count(int(T0) + 1)
+        while True:
+            jobs = await on.claim(name, now=next(clock), lease_seconds=1e6, limit=7)
+            for job in jobs:
+                assert job.issue_key not in held, f"two workers on {job.issue_key}"
+                held.add(job.issue_key)
+                claimed.append(job.delivery_id)
+            for job in jobs:
+                held.discard(job.issue_key)  # before finishing: no false alarm
+                await on.finish_job(job.id, name)
+            if not jobs and stop.is_set():
+                return
+
+    try:
+        workers = [
+            asyncio.create_task(worker(f"w{i}", store if i % 2 else replica)) for i in range(4)
+        ]
+        results = await asyncio.gather(*(store.accept(batch) for batch in batches))
+        stop.set()
+        await asyncio.gather(*workers)
+    finally:
+        await replica.close()
+
+    new_ids = [
+        d.delivery_id
+        for batch, res in zip(batches, results, strict=True)
+        for d, new in zip(batch, res, strict=True)
+        if new
+    ]
+    assert sorted(new_ids) == sorted(offered)  # each id reported new exactly once
+    assert sorted(claimed) == sorted(offered)  # each job claimed exactly once
+    assert await store.queue_stats(now=T0 + 1e5) == (0, 0.0)
+
+
+async def test_a_cancelled_caller_leaves_the_store_consistent(store: Store) -> None:
+    batch = [delivery(f"issue:{i}") for i in range(50)]
+    task = asyncio.create_task(store.accept(batch))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The accept ran to completion or not at all, and the store still works.
+    again = await store.accept(batch)
+    assert again in ([False] * 50, [True] * 50)
+    assert (await store.queue_stats(now=T0))[0] == 50
+
+
+# -- SQLite specifics ------------------------------------------------------------------
+
+
+def test_sqlite_urls_name_relative_and_absolute_paths() -> None:
+    assert sqlite_path("sqlite:///./data/bridge.db") == "./data/bridge.db"
+    assert sqlite_path("sqlite:///data/bridge.db") == "data/bridge.db"
+    assert sqlite_path("sqlite:////var/lib/bridge.db") == "/var/lib/bridge.db"
+    for bad in ("sqlite:///", "sqlite://host/x.db", "sqlite:///x.db?mode=ro"):
+        with pytest.raises(StoreError):
+            sqlite_path(bad)
+
+
+async def test_unknown_url_scheme_is_refused_without_echoing_the_url() -> None:
+    with pytest.raises(StoreError) as caught:
+        await open_store("mysql://root:hunter2@db/bridge")
+    assert "hunter2" not in str(caught.value) and "mysql" in str(caught.value)
+
+
+async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    opened = await SQLiteStore.open(tmp_path / "nested" / "dir" / "x.db")
+    await opened.migrate()
+    await opened.close()
+    raw = sqlite3.connect(tmp_path / "nested" / "dir" / "x.db")
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+        assert {"deliveries", "jobs", "accounts", "identities", "delegations"} <= tables
+    finally:
+        raw.close()
+
+
+def test_split_statements_keeps_trigger_bodies_and_strings_whole() -> None:
+    script = """
+    -- a comment; with a semicolon
+    CREATE TABLE t (x TEXT DEFAULT 'a;b');
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+        INSERT INTO t VALUES ('c'); DELETE FROM t WHERE x = 'd';
+    END;
+    /* trailing; comment */
+    """
+    statements = split_statements(script)
+    assert len(statements) == 2
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    with pytest.raises(StoreError):
+        split_statements("CREATE TABLE t (x)")
