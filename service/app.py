@@ -1,0 +1,199 @@
+"""Composition root: build every dependency from the config; ``create_app(services)``.
+
+Only this module and ``cli.py`` see everything. Roles: ``all`` (web + worker,
+the default), ``web`` (accept deliveries only) and ``worker`` (run jobs only,
+still serving the health endpoints).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from service.coder.base import CoderBackend
+from service.coder.client import CoderClient
+from service.coder.tasks import TasksBackend
+from service.config import Config
+from service.core.events import Decision
+from service.logging import get_logger
+from service.store import open_store
+from service.store.base import Store
+from service.store.vault import Vault
+from service.trackers.base import IssueCommenter
+from service.trackers.github.api import GitHubClient, TokenAuth
+from service.trackers.github.webhook import parse_github_delivery
+from service.web.health import Readiness, healthz, metrics_endpoint
+from service.web.ingest import GroupCommitter
+from service.web.webhooks import Parser, WebhookEndpoint
+from service.worker.delegator import Delegator
+from service.worker.loop import Worker
+
+Role = Literal["all", "web", "worker"]
+DEV_KEY_FILE = Path("data") / "dev-encryption.key"
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+log = get_logger("service.app")
+
+
+def load_vault(config: Config) -> Vault:
+    """The token vault from ``security.encryption_keys``.
+
+    With the built-in development defaults (no config file) a key is generated
+    once into ``data/dev-encryption.key`` (mode 0600) with a loud warning.
+    """
+    if config.security.encryption_keys:
+        return Vault(list(config.security.encryption_keys))
+    if not config.is_development_default:
+        raise ValueError("security.encryption_keys is required")  # load_config prevents this
+    if not DEV_KEY_FILE.exists():
+        DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(DEV_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        log.warning("dev_key_generated", path=str(DEV_KEY_FILE),
+                    note="development only: set security.encryption_keys in production")
+    return Vault([base64.b64decode(DEV_KEY_FILE.read_text().strip())])
+
+
+def coder_backend_factory(
+    config: Config, http: httpx.AsyncClient
+) -> Callable[[str], CoderBackend]:
+    """token → the backend that speaks to ``coder.url`` with that user's token."""
+    prefix_cache: dict[str, str] = {}
+
+    def build(token: str) -> CoderBackend:
+        client = CoderClient(config.coder.url, token, http=http, timeout=config.coder.timeout)
+        return TasksBackend(client, config.coder.url, prefix_cache=prefix_cache)
+
+    return build
+
+
+def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, IssueCommenter]:
+    """One comment client per configured tracker."""
+    commenters: dict[str, IssueCommenter] = {}
+    if config.github is not None and config.github.token is not None:
+        auth = TokenAuth(config.github.token.reveal())
+        commenters["github"] = GitHubClient(config.github.api_url, auth, http=http)
+    return commenters
+
+
+def build_parsers(config: Config) -> dict[str, Parser | None]:
+    """The webhook parser of each tracker; None where the tracker is not configured (→ 404)."""
+    parsers: dict[str, Parser | None] = {"github": None, "linear": None}
+    if config.github is not None:
+        github = config.github
+        secrets = [s.reveal() for s in github.webhook_secrets]
+
+        def parse_github(headers: Mapping[str, str], body: bytes) -> Decision:
+            return parse_github_delivery(headers, body, secrets=secrets,
+                                         trigger_label=github.trigger_label)
+
+        parsers["github"] = parse_github
+    return parsers
+
+
+@dataclass
+class Services:
+    """Everything a running bridge holds; ``close()`` releases it all."""
+
+    config: Config
+    store: Store
+    vault: Vault
+    http: httpx.AsyncClient
+    role: Role = "all"
+    committer: GroupCommitter | None = None
+    worker: Worker | None = None
+    parsers: dict[str, Parser | None] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    async def start(self) -> None:
+        """Start the group-commit writer and the worker loop, as the role asks."""
+        if self.committer is not None:
+            self.committer.start()
+        if self.worker is not None:
+            self.worker.start()
+
+    async def close(self) -> None:
+        """Stop accepting, commit what was submitted, drain the worker, close connections."""
+        if self.committer is not None:
+            await self.committer.stop()
+        if self.worker is not None:
+            await self.worker.stop(SHUTDOWN_GRACE_SECONDS)
+        await self.http.aclose()
+        await self.store.close()
+
+
+async def build_services(
+    config: Config, *, role: Role = "all", migrate: bool = True,
+    commenters: dict[str, IssueCommenter] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Services:
+    """Open the store (migrating unless told not to) and wire the web and worker halves."""
+    store = await open_store(config.storage.url)
+    if migrate:
+        await store.migrate()
+    vault = load_vault(config)
+    http = httpx.AsyncClient(timeout=config.coder.timeout,
+                             limits=httpx.Limits(max_connections=100))
+    services = Services(config=config, store=store, vault=vault, http=http, role=role,
+                        clock=clock)
+    if role in ("all", "worker"):
+        delegator = Delegator(
+            config=config, store=store, vault=vault,
+            coder_backend=coder_backend_factory(config, http),
+            commenters=commenters if commenters is not None else build_commenters(config, http),
+            clock=clock,
+        )
+        services.worker = Worker(store=store, delegator=delegator, config=config.worker,
+                                 clock=clock)
+    if role in ("all", "web"):
+        on_commit = services.worker.wake if services.worker is not None else None
+        services.committer = GroupCommitter(store, on_commit=on_commit)
+        services.parsers = build_parsers(config)
+    return services
+
+
+def create_app(services: Services) -> Starlette:
+    """The ASGI app: webhooks (web role), health, readiness and metrics (every role)."""
+    config = services.config
+    worker = services.worker
+    readiness = Readiness(
+        store=services.store,
+        worker_heartbeat=(lambda: worker.heartbeat) if worker is not None else None,
+        heartbeat_max_age=max(30.0, 5 * config.worker.poll_interval),
+        clock=services.clock,
+    )
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readiness.handle, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if services.committer is not None:
+        for tracker in ("github", "linear"):
+            endpoint = WebhookEndpoint(
+                tracker, services.parsers.get(tracker), services.committer,
+                max_body_bytes=config.server.max_body_bytes, clock=services.clock)
+            routes.append(Route(f"/webhooks/{tracker}", endpoint.handle, methods=["POST"]))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await services.start()
+        log.info("bridge_started", role=services.role)
+        try:
+            yield
+        finally:
+            await services.close()
+            log.info("bridge_stopped")
+
+    return Starlette(routes=routes, lifespan=lifespan)
+

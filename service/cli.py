@@ -1,0 +1,375 @@
+"""The ``coder-bridge`` command line (interface §1): argparse wiring, no logic of its own.
+
+Exit status: 0 success; 1 a user error, with a message on stderr; 2 bad usage.
+Tokens are read from standard input or a file, never from argv, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from service.coder.client import CoderClient
+from service.config import Config, InvalidConfig, load_config, resolve_config_path
+from service.errors import BridgeError, RemoteError, TokenRejected, UserError
+from service.logging import configure_logging, get_logger
+from service.store import open_store
+from service.store.base import Identity, Store
+from service.store.vault import rotate
+
+log = get_logger("service.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH",
+                        help="config file (default: $CODER_BRIDGE_CONFIG, else ./config.toml, "
+                             "else built-in development defaults)")
+    parser = argparse.ArgumentParser(
+        prog="coder-bridge", parents=[common],
+        description="Label an issue; get an AI coding task on the author's Coder deployment.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP server and worker")
+    serve.add_argument("--role", choices=("all", "web", "worker"), default="all",
+                       help="run both halves (default) or only one, for scaled-out deployments")
+    serve.add_argument("--no-migrate", action="store_true",
+                       help="do not apply schema migrations on start")
+
+    check = commands.add_parser("check-config", parents=[common],
+                                help="validate the configuration")
+    check.add_argument("--online", action="store_true",
+                       help="also check that Coder, GitHub and Linear answer")
+
+    commands.add_parser("migrate", parents=[common], help="apply schema migrations and exit")
+
+    users = commands.add_parser("users", parents=[common], help="linked accounts")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    link = users_sub.add_parser("link", parents=[common],
+                                help="link tracker identities to a Coder account")
+    link.add_argument("--github-id", type=_positive_int, metavar="N",
+                      help="numeric GitHub user id")
+    link.add_argument("--github-login", metavar="NAME", help="GitHub login (informational)")
+    link.add_argument("--linear-id", metavar="UUID", help="Linear user id")
+    source = link.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coder-token-stdin", action="store_true",
+                        help="read the Coder token from standard input")
+    source.add_argument("--coder-token-file", metavar="PATH",
+                        help="read the Coder token from a file")
+    users_sub.add_parser("list", parents=[common], help="list linked accounts")
+    unlink = users_sub.add_parser("unlink", parents=[common], help="remove a link")
+    target = unlink.add_mutually_exclusive_group(required=True)
+    target.add_argument("--github-id", type=_positive_int, metavar="N")
+    target.add_argument("--linear-id", metavar="UUID")
+    target.add_argument("--coder-user", metavar="NAME")
+
+    keys = commands.add_parser("keys", parents=[common], help="encryption keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_sub.add_parser("rotate", parents=[common],
+                        help="re-encrypt every stored token under the first key")
+
+    deliveries = commands.add_parser("deliveries", parents=[common], help="recent deliveries")
+    deliveries_sub = deliveries.add_subparsers(dest="deliveries_command", required=True,
+                                               metavar="ACTION")
+    listing = deliveries_sub.add_parser("list", parents=[common], help="recent deliveries")
+    listing.add_argument("--limit", type=_positive_int, default=50)
+    retry = deliveries_sub.add_parser("retry", parents=[common],
+                                      help="run a stored delivery again")
+    retry.add_argument("delivery_id", metavar="ID")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        config = _load(args)
+        return _dispatch(args, config)
+    except InvalidConfig as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return 1
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = resolve_config_path(args.config, os.environ)
+    config = load_config(path)
+    if config.is_development_default and args.command in ("serve", "check-config"):
+        print("WARNING: no config file found: using built-in development defaults "
+              "(SQLite under ./data/, 127.0.0.1:8080). No tracker is configured, so no "
+              "webhook will be accepted. Copy config.example.toml to config.toml.",
+              file=sys.stderr)
+    return config
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    command: str = args.command
+    if command == "serve":
+        return _serve(config, role=args.role, migrate=not args.no_migrate)
+    if command == "check-config":
+        return _check_config(config, online=args.online)
+    handlers: dict[str, Callable[[Store], Awaitable[int]]] = {
+        "migrate": _migrate,
+        "users.link": lambda store: _users_link(store, config, args),
+        "users.list": _users_list,
+        "users.unlink": lambda store: _users_unlink(store, args),
+        "keys.rotate": lambda store: _keys_rotate(store, config),
+        "deliveries.list": lambda store: _deliveries_list(store, args.limit),
+        "deliveries.retry": lambda store: _deliveries_retry(store, args.delivery_id),
+    }
+    sub = getattr(args, f"{command}_command", None)
+    return asyncio.run(_with_store(config, handlers[f"{command}.{sub}" if sub else command],
+                                   migrate=command != "migrate"))
+
+
+async def _with_store(
+    config: Config, handler: Callable[[Store], Awaitable[int]], *, migrate: bool
+) -> int:
+    store = await open_store(config.storage.url)
+    try:
+        if migrate:
+            await store.migrate()
+        return await handler(store)
+    finally:
+        await store.close()
+
+
+# -- serve ---------------------------------------------------------------------------
+def _serve(config: Config, *, role: str, migrate: bool) -> int:
+    from service.app import build_services, create_app
+
+    if role != "all" and config.storage.url.startswith("sqlite"):
+        log.warning("split_roles_on_sqlite",
+                    note="--role web/worker share one SQLite file only on one host; "
+                         "use PostgreSQL to scale out")
+
+    async def run() -> None:
+        services = await build_services(config, role=role, migrate=migrate)  # type: ignore[arg-type]
+        app = create_app(services)
+        server_config = uvicorn.Config(
+            app, host=config.server.host, port=config.server.port, log_config=None,
+            proxy_headers=True, server_header=False, timeout_graceful_shutdown=30)
+        await _GracefulServer(server_config).serve()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
+        asyncio.run(run())
+    return 0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful shutdown.
+
+    uvicorn re-raises the captured signal once it has shut down, so the process
+    would die "killed by SIGTERM"; the interface promises exit status 0 instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+# -- check-config --------------------------------------------------------------------
+def _check_config(config: Config, *, online: bool) -> int:
+    where = config.source or "built-in development defaults"
+    print(f"configuration OK ({where})")
+    if config.github is None and config.linear is None:
+        print("warning: no tracker is configured ([github] or [linear])")
+    if not config.coder.template and config.coder.api != "chats":
+        print("warning: coder.template is empty: issues that match no route cannot "
+              "create a Tasks API task")
+    if online:
+        return asyncio.run(_check_online(config))
+    return 0
+
+
+async def _check_online(config: Config) -> int:
+    from service.app import build_commenters
+
+    failures = 0
+    async with httpx.AsyncClient(timeout=config.coder.timeout) as http:
+        try:
+            response = await http.get(f"{config.coder.url}/api/v2/buildinfo")
+            version = response.json().get("version", "?") if response.is_success else None
+            if version is None:
+                raise RemoteError("coder", f"buildinfo answered HTTP {response.status_code}")
+            print(f"coder: reachable at {config.coder.url}, version {version}")
+        except (httpx.HTTPError, ValueError, RemoteError) as exc:
+            failures += 1
+            print(f"coder: NOT reachable at {config.coder.url}: {exc}")
+        for name, commenter in build_commenters(config, http).items():
+            check = getattr(commenter, "check", None)
+            if check is None:
+                continue
+            try:
+                print(f"{name}: {await check()}")
+            except RemoteError as exc:
+                failures += 1
+                print(f"{name}: FAILED: {exc}")
+    return 1 if failures else 0
+
+
+# -- migrate -------------------------------------------------------------------------
+async def _migrate(store: Store) -> int:
+    applied = await store.migrate()
+    current, _ = await store.schema_status()
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema is at version {current}")
+    else:
+        print(f"schema is current (version {current})")
+    return 0
+
+
+# -- users ---------------------------------------------------------------------------
+def _read_token(args: argparse.Namespace) -> str:
+    if args.coder_token_file:
+        try:
+            text = Path(args.coder_token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read {args.coder_token_file}: {exc.strerror}") from None
+    else:
+        if sys.stdin.isatty():
+            print("Paste the Coder token, then press Enter:", file=sys.stderr)
+            text = sys.stdin.readline()
+        else:
+            text = sys.stdin.read()
+    token = text.strip()
+    if not token:
+        raise UserError("no Coder token was given")
+    if any(ch.isspace() for ch in token):
+        raise UserError("the Coder token must be a single line without spaces")
+    return token
+
+
+async def _users_link(store: Store, config: Config, args: argparse.Namespace) -> int:
+    from service.app import load_vault
+
+    identities: list[Identity] = []
+    if args.github_id:
+        identities.append(Identity("github", str(args.github_id), args.github_login or ""))
+    elif args.github_login:
+        raise UserError("--github-login needs --github-id (logins change; ids do not)")
+    if args.linear_id:
+        identities.append(Identity("linear", args.linear_id.strip().lower()))
+    if not identities:
+        raise UserError("give at least one of --github-id, --linear-id")
+    token = _read_token(args)
+    vault = load_vault(config)
+    async with httpx.AsyncClient() as http:
+        client = CoderClient(config.coder.url, token, http=http, timeout=config.coder.timeout)
+        try:
+            user = await client.fetch_me()
+        except TokenRejected:
+            raise UserError(f"Coder at {config.coder.url} rejected this token (expired, "
+                            "revoked or mistyped); nothing was stored") from None
+        except RemoteError as exc:
+            raise UserError(f"could not validate the token with Coder at {config.coder.url}: "
+                            f"{exc}; nothing was stored") from None
+    key_id, ciphertext = vault.encrypt(token, owner=user.id)
+    await store.link_account(coder_user_id=user.id, coder_username=user.username,
+                             key_id=key_id, ciphertext=ciphertext, identities=identities)
+    linked = ", ".join(f"{i.provider} {i.external_id}" for i in identities)
+    print(f"linked {linked} to Coder user {user.username}")
+    return 0
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+async def _users_list(store: Store) -> int:
+    accounts = await store.list_accounts()
+    if not accounts:
+        print("no linked accounts")
+    for account, identities in accounts:
+        names = ", ".join(
+            f"{i.provider}:{i.external_id}" + (f" ({i.login})" if i.login else "")
+            for i in identities) or "-"
+        print(f"{account.coder_username}\t{names}\ttoken {account.token_status}\t"
+              f"last used {_when(account.last_used_at)}")
+    return 0
+
+
+async def _users_unlink(store: Store, args: argparse.Namespace) -> int:
+    if args.coder_user:
+        removed = await store.unlink(coder_username=args.coder_user)
+        what = f"Coder user {args.coder_user}"
+    elif args.github_id:
+        removed = await store.unlink(provider="github", external_id=str(args.github_id))
+        what = f"github {args.github_id}"
+    else:
+        removed = await store.unlink(provider="linear", external_id=args.linear_id.lower())
+        what = f"linear {args.linear_id}"
+    if not removed:
+        raise UserError(f"{what} is not linked")
+    print(f"unlinked {what}")
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------
+async def _keys_rotate(store: Store, config: Config) -> int:
+    from service.app import load_vault
+
+    count = await rotate(store, load_vault(config))
+    print(f"re-encrypted {count} token(s) under the first key")
+    return 0
+
+
+# -- deliveries ----------------------------------------------------------------------
+async def _deliveries_list(store: Store, limit: int) -> int:
+    records = await store.list_deliveries(limit=limit)
+    if not records:
+        print("no deliveries")
+    for record in records:
+        fields: list[Any] = [
+            _when(record.received_at), record.tracker, record.delivery_id, record.issue_key,
+            f"job {record.job_status or '-'} ({record.attempts} attempts)",
+            f"delegation {record.delegation_state or '-'}",
+            record.task_url or "", record.last_error or "",
+        ]
+        print("\t".join(str(f) for f in fields).rstrip())
+    return 0
+
+
+async def _deliveries_retry(store: Store, delivery_id: str) -> int:
+    if not await store.requeue_delivery(delivery_id, now=time.time()):
+        raise UserError(f"delivery {delivery_id} is unknown, or is already queued or running")
+    print(f"delivery {delivery_id} queued again; a running bridge picks it up shortly")
+    return 0

@@ -1,0 +1,79 @@
+"""Liveness, readiness and metrics endpoints.
+
+Liveness stays trivial. Readiness checks only what this process needs to do
+its job: the database answers, its schema is current, the worker loop (when
+this process runs one) is cycling. An outage of Coder, GitHub or Linear never
+fails readiness, or Kubernetes would pull every replica; it shows in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service import metrics
+from service.store.base import Store
+
+Check = Callable[[], Awaitable[str | None]]
+"""A readiness check: None when it passes, else what is wrong."""
+
+
+async def healthz(_: Request) -> Response:
+    """200 while the process serves."""
+    return JSONResponse({"status": "ok"})
+
+
+@dataclass
+class Readiness:
+    """``GET /readyz``: one entry per check; 200 if all pass, else 503 naming the failures."""
+
+    store: Store
+    worker_heartbeat: Callable[[], float] | None
+    heartbeat_max_age: float
+    clock: Callable[[], float] = time.time
+    timeout: float = 2.0
+
+    async def handle(self, _: Request) -> Response:
+        checks: dict[str, Check] = {"storage": self._storage, "schema": self._schema}
+        if self.worker_heartbeat is not None:
+            checks["worker"] = self._worker
+        results: dict[str, dict[str, str]] = {}
+        for name, check in checks.items():
+            try:
+                problem = await asyncio.wait_for(check(), self.timeout)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            results[name] = ({"status": "ok"} if problem is None
+                             else {"status": "failing", "error": problem})
+        failing = [name for name, result in results.items() if result["status"] != "ok"]
+        body = {"status": "ok" if not failing else "failing", "failing": failing,
+                "checks": results}
+        return JSONResponse(body, 503 if failing else 200)
+
+    async def _storage(self) -> str | None:
+        await self.store.ping()
+        return None
+
+    async def _schema(self) -> str | None:
+        current, latest = await self.store.schema_status()
+        if current != latest:
+            return f"schema version {current}, expected {latest}: run coder-bridge migrate"
+        return None
+
+    async def _worker(self) -> str | None:
+        assert self.worker_heartbeat is not None
+        age = self.clock() - self.worker_heartbeat()
+        if age > self.heartbeat_max_age:
+            return f"worker loop last cycled {age:.0f}s ago"
+        return None
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    """Prometheus text exposition of ``service.metrics.REGISTRY``."""
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

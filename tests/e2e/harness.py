@@ -1,0 +1,226 @@
+"""End-to-end harness: the real bridge as a subprocess, fakes of Coder and GitHub on loopback.
+
+The bridge is started exactly as an operator would (``python -m service serve
+--config FILE``), secrets reach it only through the environment, and tokens
+through standard input. Tests talk to it over HTTP and read the outcome from
+the fakes, the CLI and the log file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.conftest import GITHUB_SECRET, REPO, fixture_bytes, github_headers
+from tests.fakes.coder import FakeCoder
+from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
+from tests.fakes.server import free_port, serve_in_thread
+
+T = TypeVar("T")
+
+ENCRYPTION_KEY = base64.b64encode(b"e2e-test-key-32-bytes-long-....."[:32]).decode()
+AUTHOR_GITHUB_ID = "21031067"  # Codertocat, the author in every GitHub fixture
+REPOSITORY = "Codertocat/Hello-World"
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Bridge:
+    """A running (or stopped) bridge process with its fakes and files."""
+
+    workdir: Path
+    coder: FakeCoder
+    github: FakeGitHub
+    coder_url: str
+    github_url: str
+    port: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "bridge.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "config.toml"
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "bridge.db"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
+        env.update({
+            "CODER_BRIDGE_KEY": ENCRYPTION_KEY,
+            "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,
+            "GITHUB_TOKEN": DEFAULT_TOKEN,
+            "PYTHONPATH": str(REPO),
+        })
+        return env
+
+    def write_config(self) -> None:
+        s = self.settings
+        self.config_path.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = {self.port}
+public_url = "https://bridge.example.test"
+max_body_bytes = {s.get("max_body_bytes", 1048576)}
+
+[storage]
+url = "sqlite:///{self.db_path}"
+
+[security]
+encryption_keys = ["env:CODER_BRIDGE_KEY"]
+
+[coder]
+url = "{self.coder_url}"
+template = "{s.get("template", "tasks-docker")}"
+preset = "{s.get("preset", "")}"
+api = "tasks"
+timeout = {s.get("coder_timeout", 2.0)}
+
+[github]
+webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
+api_url = "{self.github_url}"
+token = "env:GITHUB_TOKEN"
+trigger_label = "bug"
+
+[delegation]
+acting_user = {s.get("acting_user", '["author"]')}
+
+[worker]
+concurrency = 4
+max_attempts = {s.get("max_attempts", 8)}
+lease_seconds = {s.get("lease_seconds", 5)}
+poll_interval = 0.05
+""")
+
+    # -- the process -----------------------------------------------------------------
+    def start(self, *args: str) -> None:
+        """Start ``coder-bridge serve`` and wait until /readyz answers 200."""
+        self.write_config()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--config", str(self.config_path), *args],
+            cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"bridge exited with {self.process.returncode}:\n"
+                                     + self.log_path.read_text())
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=20, what="the bridge to become ready")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies on the spot, as in a crash."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``coder-bridge ARGS --config FILE`` and return the finished process."""
+        self.write_config()
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args, "--config", str(self.config_path)],
+            cwd=self.workdir, env=self.env(), input=stdin, capture_output=True, text=True,
+            timeout=60, check=False,
+        )
+
+    # -- helpers ---------------------------------------------------------------------
+    def link_author(self, username: str = "codertocat") -> str:
+        """Create the Coder user and link the fixtures' author to it; returns the token."""
+        token = self.coder.add_user(username)
+        result = self.cli("users", "link", "--github-id", AUTHOR_GITHUB_ID,
+                          "--github-login", "Codertocat", "--coder-token-stdin", stdin=token)
+        assert result.returncode == 0, result.stderr
+        return token
+
+    def deliver(self, fixture: str = "issues__labeled.json", *, delivery_id: str | None = None,
+                body: bytes | None = None, headers: dict[str, str] | None = None
+                ) -> httpx.Response:
+        """POST a GitHub fixture (signed), optionally under another delivery id."""
+        sent_headers = github_headers(fixture)
+        if delivery_id:
+            sent_headers["X-GitHub-Delivery"] = delivery_id
+        sent_headers.update(headers or {})
+        content = body if body is not None else fixture_bytes(f"github/{fixture}")
+        return httpx.post(f"{self.url}/webhooks/github", content=content,
+                          headers=sent_headers, timeout=10)
+
+    def comments(self) -> list[dict[str, Any]]:
+        return self.github.comments(REPOSITORY, 1)
+
+    def wait_for_comment(self, contains: str, *, timeout: float = 15.0) -> dict[str, Any]:
+        """The issue's single bridge comment, once its body contains ``contains``."""
+        def found() -> dict[str, Any] | None:
+            matching = [c for c in self.comments() if contains in c["body"]]
+            return matching[0] if matching else None
+
+        return wait_for(found, timeout=timeout, what=f"a comment containing {contains!r}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def running_bridge(tmp_path: Path, *, coder_mode: str = "tasks", start: bool = True,
+                   **settings: Any) -> Iterator[Bridge]:
+    """Fakes on loopback plus a bridge configured against them (started unless ``start=False``)."""
+    coder = FakeCoder(coder_mode)
+    coder.add_template("default", "tasks-docker", presets=settings.pop("presets", ()))
+    github = FakeGitHub()
+    with ExitStack() as stack:
+        coder_url = stack.enter_context(serve_in_thread(coder.app()))
+        github_url = stack.enter_context(serve_in_thread(github))
+        bridge = Bridge(tmp_path, coder, github, coder_url, github_url, free_port(),
+                        settings=settings)
+        try:
+            if start:
+                bridge.start()
+            yield bridge
+        finally:
+            if bridge.process is not None and bridge.process.poll() is None:
+                bridge.process.kill()
+                bridge.process.wait(timeout=10)
