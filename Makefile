@@ -23,6 +23,7 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy --strict service
+	VENV=$(VENV) bash deploy/lint.sh
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix service tests bench
