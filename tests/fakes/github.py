@@ -22,10 +22,27 @@ What it does like GitHub:
   budget (``rate_limit`` per hour) is spent, 403 with ``remaining 0``.
   ``GET /rate_limit`` is free, as on GitHub.
 
+GitHub App authentication (after ``configure_app``):
+
+- ``POST /app/installations/{id}/access_tokens``, ``GET /repos/{owner}/{repo}/installation``
+  and ``GET /app`` take ``Authorization: Bearer <App JWT>``: RS256 signed with
+  the configured key, ``iss`` the app id, ``iat``/``exp`` integers with
+  ``exp - iat <= 600``, ``iat`` not in the future and ``exp`` not past (the
+  fake's clock); else 401 with GitHub's message (``A JSON web token could not
+  be decoded``, ``'Expiration time' claim ('exp') is too far in the future``, …);
+- minted installation tokens act as ``<slug>[bot]`` on the installation's
+  repositories only (404 elsewhere, like GitHub), expire at ``expires_at``
+  (``installation_token_lifetime`` seconds, on the fake's clock) with 401
+  ``Bad credentials``; JWT calls do not spend the rate-limit budget.
+- ``token_exchanges`` / ``installation_lookups`` record those calls;
+  ``installation_tokens`` lists minted tokens; ``revoke_installation_tokens``
+  makes them fail with 401.
+
 Test controls: ``fail_next`` / ``fail_primary_rate_limit`` /
 ``fail_secondary_rate_limit`` (answer the next call(s) of a route with an
 error, before or after acting), ``delay_next`` (hold the next call), and the
 accessors ``comments``, ``requests`` (method, path; never a token),
+``timed_requests`` (the fake's clock, method, path),
 ``add_comment``, ``delete_comment``, ``add_issue``, ``add_token``,
 ``revoke_token``.
 
@@ -51,6 +68,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
+from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -84,6 +103,19 @@ _STATUS_MESSAGES = {
     503: "Service Unavailable",
 }
 
+JWT_DECODE_MESSAGE = "A JSON web token could not be decoded"
+JWT_EXP_TOO_FAR_MESSAGE = "'Expiration time' claim ('exp') is too far in the future"
+JWT_EXPIRED_MESSAGE = (
+    "'Expiration time' claim ('exp') must be a numeric value representing the future time "
+    "at which the assertion expires"
+)
+JWT_IAT_MESSAGE = (
+    "'Issued at' claim ('iat') must be an Integer representing the time that the assertion "
+    "was issued"
+)
+JWT_MAX_LIFETIME = 600
+INSTALLATION_PERMISSIONS = {"issues": "write", "metadata": "read"}
+
 Identity = str
 Handler = Callable[[Request, Identity], Awaitable[Response]]
 Authenticator = Callable[[Request], "Identity | Response"]
@@ -111,6 +143,25 @@ class _Comment:
     repo: str  # lower-cased full name
     number: int
     data: dict[str, Any]
+
+
+@dataclass
+class _App:
+    id: int
+    slug: str
+    name: str
+    public_key: Any  # a cryptography RSA public key
+    installations: dict[int, set[str]]  # installation id → lower-cased repository names
+
+    @property
+    def bot_login(self) -> str:
+        return f"{self.slug}[bot]"
+
+
+@dataclass
+class _IssuedToken:
+    installation_id: int
+    expires_at: float
 
 
 @dataclass
@@ -160,7 +211,14 @@ class FakeGitHub:
         self._failures: dict[str, deque[_Injection]] = defaultdict(deque)
         self._delays: dict[str, deque[float]] = defaultdict(deque)
         self._requests: list[tuple[str, str]] = []
+        self._timed_requests: list[tuple[float, str, str]] = []
         self._route_names: set[str] = set()
+        self._apps: dict[int, _App] = {}
+        self._issued: dict[str, _IssuedToken] = {}
+        self._exchanges: list[int] = []
+        self._lookups: list[str] = []
+        self._installation_token_ids = itertools.count(1)
+        self.installation_token_lifetime = 3600.0
         for full_name, number in issues:
             self.add_issue(full_name, number)
         self.app = Starlette(
@@ -187,6 +245,35 @@ class FakeGitHub:
             Route(
                 "/rate_limit",
                 self.endpoint("rate_limit", self._rate_limit, counts=False),
+                methods=["GET"],
+            ),
+            *self._app_routes(),
+        ]
+
+    def _app_routes(self) -> list[Route]:
+        """GitHub App endpoints, authenticated with the App JWT (no rate-limit budget)."""
+        jwt_auth = self.authenticate_jwt
+        return [
+            Route(
+                "/app/installations/{installation_id}/access_tokens",
+                self.endpoint(
+                    "create_installation_token",
+                    self._create_installation_token,
+                    auth=jwt_auth,
+                    counts=False,
+                ),
+                methods=["POST"],
+            ),
+            Route(
+                "/repos/{owner}/{repo}/installation",
+                self.endpoint(
+                    "get_repo_installation", self._repo_installation, auth=jwt_auth, counts=False
+                ),
+                methods=["GET"],
+            ),
+            Route(
+                "/app",
+                self.endpoint("get_app", self._get_app, auth=jwt_auth, counts=False),
                 methods=["GET"],
             ),
         ]
@@ -234,11 +321,123 @@ class FakeGitHub:
         if not header:
             return github_error(401, "Requires authentication")
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         with self._lock:
-            login = self._tokens.get(token.strip())
-        if scheme.lower() not in ("bearer", "token") or login is None:
+            login = self._tokens.get(token)
+            issued = self._issued.get(token)
+            expired = issued is not None and self._clock() >= issued.expires_at
+        if scheme.lower() not in ("bearer", "token") or login is None or expired:
             return github_error(401, "Bad credentials")
+        if issued is not None and not self._installation_covers(issued, request):
+            return github_error(404)
         return login
+
+    def authenticate_jwt(self, request: Request) -> Identity | Response:
+        """``app:<id>`` for a valid App JWT (``Authorization: Bearer <jwt>``), or GitHub's 401."""
+        header = request.headers.get("authorization")
+        if not header:
+            return github_error(401, "Requires authentication")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return github_error(401, JWT_DECODE_MESSAGE)
+        problem = self._jwt_problem(token.strip())
+        if isinstance(problem, str):
+            return github_error(401, problem)
+        return f"app:{problem.id}"
+
+    def _jwt_problem(self, token: str) -> str | _App:
+        """The app a JWT authenticates, or GitHub's message saying what is wrong with it."""
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            return JWT_DECODE_MESSAGE
+        with self._lock:
+            app = self._apps.get(_int(str(issuer)) or -1)
+        if app is None:
+            return JWT_DECODE_MESSAGE
+        try:
+            claims = jwt.decode(
+                token,
+                app.public_key,
+                algorithms=["RS256"],
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "require": ["iat", "exp", "iss"],
+                },
+            )
+        except jwt.PyJWTError:
+            return JWT_DECODE_MESSAGE
+        return self._claims_problem(claims) or app
+
+    def _claims_problem(self, claims: dict[str, Any]) -> str | None:
+        """GitHub's complaint about ``iat``/``exp`` on the fake's clock, or None."""
+        iat, exp, now = claims["iat"], claims["exp"], self._clock()
+        if not isinstance(iat, int) or isinstance(iat, bool) or iat > now:
+            return JWT_IAT_MESSAGE
+        if not isinstance(exp, int) or isinstance(exp, bool) or exp <= now:
+            return JWT_EXPIRED_MESSAGE
+        if exp - iat > JWT_MAX_LIFETIME:
+            return JWT_EXP_TOO_FAR_MESSAGE
+        return None
+
+    def _installation_covers(self, issued: _IssuedToken, request: Request) -> bool:
+        """True unless the path names a repository outside the token's installation."""
+        owner, repo = request.path_params.get("owner"), request.path_params.get("repo")
+        if owner is None or repo is None:
+            return True
+        with self._lock:
+            repos = self._installation_repos(issued.installation_id)
+        return f"{owner}/{repo}".lower() in repos
+
+    # -- GitHub App set-up and accessors ------------------------------------------
+
+    def configure_app(
+        self,
+        app_id: int,
+        public_key_pem: str | bytes,
+        *,
+        installations: Mapping[int, Iterable[str]] | None = None,
+        slug: str = "my-app",
+        name: str = "My App",
+    ) -> None:
+        """Register a GitHub App: JWTs with ``iss = app_id`` are checked against the key.
+
+        ``installations`` maps installation ids to the ``owner/repo`` names
+        they cover. Its tokens act as ``<slug>[bot]``.
+        """
+        pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
+        key = serialization.load_pem_public_key(pem)
+        covered = {i: {r.lower() for r in repos} for i, repos in (installations or {}).items()}
+        with self._lock:
+            self._apps[app_id] = _App(app_id, slug, name, key, covered)
+
+    @property
+    def token_exchanges(self) -> list[int]:
+        """Installation ids of the successful token exchanges, in order."""
+        with self._lock:
+            return list(self._exchanges)
+
+    @property
+    def installation_lookups(self) -> list[str]:
+        """Repositories asked about with ``GET /repos/{owner}/{repo}/installation``, in order."""
+        with self._lock:
+            return list(self._lookups)
+
+    def installation_tokens(self, installation_id: int | None = None) -> list[str]:
+        """Installation tokens minted so far (of one installation, if given), in order."""
+        with self._lock:
+            return [
+                token
+                for token, issued in self._issued.items()
+                if installation_id is None or issued.installation_id == installation_id
+            ]
+
+    def revoke_installation_tokens(self, installation_id: int | None = None) -> None:
+        """Refuse every installation token minted so far (of one installation, if given)."""
+        for token in self.installation_tokens(installation_id):
+            self.revoke_token(token)
 
     def add_token(self, token: str, login: str) -> None:
         """Accept ``token`` from now on, acting as ``login``."""
@@ -284,6 +483,12 @@ class FakeGitHub:
         """Every request received, as (method, path) in arrival order (no query, no headers)."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def timed_requests(self) -> list[tuple[float, str, str]]:
+        """Every request received, as (fake clock time, method, path) in arrival order."""
+        with self._lock:
+            return list(self._timed_requests)
 
     # -- injection --------------------------------------------------------------
 
@@ -403,17 +608,91 @@ class FakeGitHub:
             }
         return JSONResponse({"resources": {"core": core}, "rate": core})
 
+    async def _create_installation_token(self, request: Request, identity: Identity) -> Response:
+        installation_id = _int(request.path_params["installation_id"])
+        with self._lock:
+            app = self._app_of(identity)
+            if app is None or installation_id is None or installation_id not in app.installations:
+                return github_error(404, "Integration not found")
+            token = f"ghs_fakeInstallationToken{next(self._installation_token_ids):06d}"
+            expires_at = self._clock() + self.installation_token_lifetime
+            self._issued[token] = _IssuedToken(installation_id, expires_at)
+            self._tokens[token] = app.bot_login
+            self._exchanges.append(installation_id)
+        body = {
+            "token": token,
+            "expires_at": _iso(expires_at),
+            "permissions": INSTALLATION_PERMISSIONS,
+            "repository_selection": "selected",
+        }
+        return JSONResponse(body, status_code=201)
+
+    async def _repo_installation(self, request: Request, identity: Identity) -> Response:
+        owner, repo = request.path_params["owner"], request.path_params["repo"]
+        full_name = f"{owner}/{repo}"
+        with self._lock:
+            self._lookups.append(full_name)
+            app = self._app_of(identity)
+            covering = app.installations if app is not None else {}
+            found = [i for i, repos in covering.items() if full_name.lower() in repos]
+        if app is None or not found:
+            return github_error(404)
+        body = {
+            "id": found[0],
+            "account": {"login": owner, "type": "Organization"},
+            "app_id": app.id,
+            "app_slug": app.slug,
+            "target_type": "Organization",
+            "repository_selection": "selected",
+            "permissions": INSTALLATION_PERMISSIONS,
+        }
+        return JSONResponse(body)
+
+    async def _get_app(self, request: Request, identity: Identity) -> Response:
+        with self._lock:
+            app = self._app_of(identity)
+            if app is None:
+                return github_error(404)
+            body = {
+                "id": app.id,
+                "slug": app.slug,
+                "node_id": f"A_kwFAKE{app.id}",
+                "name": app.name,
+                "owner": {"login": "octo-org", "type": "Organization"},
+                "permissions": INSTALLATION_PERMISSIONS,
+                "events": ["issues"],
+                "installations_count": len(app.installations),
+            }
+        return JSONResponse(body)
+
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         with self._lock:
-            self._requests.append((request.method, request.url.path))
+            self._log(request)
         return github_error(404)
 
     # -- internals (callers hold the lock where noted) ---------------------------------
 
+    def _log(self, request: Request) -> None:
+        """Record the request (caller holds the lock)."""
+        self._requests.append((request.method, request.url.path))
+        self._timed_requests.append((self._clock(), request.method, request.url.path))
+
+    def _app_of(self, identity: Identity) -> _App | None:
+        """The app behind an ``app:<id>`` identity (caller holds the lock)."""
+        prefix, _, app_id = identity.partition(":")
+        return self._apps.get(_int(app_id) or -1) if prefix == "app" else None
+
+    def _installation_repos(self, installation_id: int) -> set[str]:
+        """Repositories an installation covers (caller holds the lock)."""
+        for app in self._apps.values():
+            if installation_id in app.installations:
+                return app.installations[installation_id]
+        return set()
+
     def _take(self, name: str, request: Request) -> tuple[_Injection | None, float]:
         """Log the request; pop this route's next delay and injection."""
         with self._lock:
-            self._requests.append((request.method, request.url.path))
+            self._log(request)
             delays = self._delays[name]
             delay = delays.popleft() if delays else 0.0
             queue = self._failures[name]
@@ -501,7 +780,11 @@ class FakeGitHub:
             f"#issuecomment-{comment_id}",
             "issue_url": f"{base}/repos/{repo.full_name}/issues/{number}",
             "body": body,
-            "user": {"login": login, "id": self._user_id(login), "type": "User"},
+            "user": {
+                "login": login,
+                "id": self._user_id(login),
+                "type": "Bot" if login.endswith("[bot]") else "User",
+            },
             "created_at": now,
             "updated_at": now,
             "author_association": "NONE",
@@ -527,7 +810,12 @@ class FakeGitHub:
         return self._user_ids.setdefault(login, 1_000 + len(self._user_ids))
 
     def _now_iso(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
+        return _iso(self._clock())
+
+
+def _iso(when: float) -> str:
+    """Unix seconds as GitHub's UTC timestamp (``2026-01-15T10:13:20Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 async def _comment_body(request: Request) -> str | Response:

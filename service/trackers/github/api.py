@@ -2,9 +2,15 @@
 
 All HTTP goes through an injected ``httpx.AsyncClient``; every response is
 mapped to data or a typed error by ``decipher_github_response`` and nowhere
-else. Authentication is a small protocol (``GitHubAuth``) so that a GitHub App
-implementation (JWT → installation token, cached per installation) can replace
-``TokenAuth`` without touching the client.
+else. Authentication is a small protocol (``GitHubAuth``): ``TokenAuth`` for a
+personal or fine-grained token, ``service.trackers.github.app_auth.AppAuth``
+for a GitHub App (JWT → installation token, cached per installation). An App
+credential also implements ``GitHubAppCredential``, which lets the client find
+the installation of a repository when a delivery carries none, and check the
+App itself online.
+
+Mutating requests (POST/PATCH/PUT/DELETE) pass through a
+``ContentRateLimiter`` (GitHub's content-creation limits, one at a time).
 
 Error messages are plain words fit for an issue comment: they never contain a
 token, a header value or a request body.
@@ -16,7 +22,7 @@ import email.utils
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +36,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
+from service.trackers.github.ratelimit import ContentRateLimiter
 
 SERVICE = "github"
 API_VERSION = "2022-11-28"
@@ -40,6 +47,7 @@ MAX_PAGES = 100
 SECONDARY_LIMIT_WAIT = 60.0
 _MESSAGE_LIMIT = 300
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+MUTATING_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class GitHubAuth(Protocol):
@@ -48,13 +56,31 @@ class GitHubAuth(Protocol):
     async def authorization(self, installation_id: int | None) -> str:
         """The full header value (e.g. ``Bearer <token>``) for this installation.
 
-        ``installation_id`` is the delivery's GitHub App installation, or
-        ``None`` for a plain repository/organisation hook.
+        ``installation_id`` is the delivery's GitHub App installation (for an
+        App credential, ``GitHubClient`` looks it up by repository when the
+        delivery has none), or ``None`` for a plain repository/organisation
+        hook with a token credential.
         """
         ...
 
     async def invalidate(self, installation_id: int | None) -> None:
         """Forget any cached credential for this installation (called after a 401)."""
+        ...
+
+
+@runtime_checkable
+class GitHubAppCredential(Protocol):
+    """What a GitHub App credential adds to ``GitHubAuth`` (see ``AppAuth``)."""
+
+    async def installation_for(self, repository: str) -> int:
+        """The App's installation id on ``repository`` (``owner/repo``).
+
+        Raises ``PermanentError`` when the App is not installed there.
+        """
+        ...
+
+    async def check(self) -> str:
+        """Verify the App's own credential online; a one-line summary (e.g. its slug)."""
         ...
 
 
@@ -201,7 +227,17 @@ def _explain(summary: str, message: str) -> str:
     return f"{summary}: {message}" if message else summary
 
 
-def _transport_error(exc: httpx.HTTPError) -> TransientError:
+def github_headers(authorization: str) -> dict[str, str]:
+    """The headers every GitHub REST request carries, with this ``Authorization`` value."""
+    return {
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": API_VERSION,
+        "User-Agent": USER_AGENT,
+        "Authorization": authorization,
+    }
+
+
+def transport_error(exc: httpx.HTTPError) -> TransientError:
     """A request that got no usable response: timeouts and connection failures."""
     if isinstance(exc, httpx.TimeoutException):
         return TransientError(SERVICE, "GitHub did not answer in time")
@@ -217,7 +253,13 @@ class GitHubClient:
 
     ``api_url`` is ``https://api.github.com`` or ``https://HOST/api/v3``; ``http``
     is owned by the caller (timeouts, transport); ``clock`` returns Unix time and
-    is used only to compute rate-limit waits.
+    is used only to compute rate-limit waits. ``limiter`` paces the mutating
+    requests (POST/PATCH/PUT/DELETE; GETs are not content-creating); when
+    ``None`` the client makes its own with GitHub's limits. Share one limiter
+    between clients that act as the same GitHub identity.
+
+    With a ``GitHubAppCredential`` and an event without ``installation_id``
+    (a repository hook), the installation is looked up by repository.
     """
 
     def __init__(
@@ -227,12 +269,14 @@ class GitHubClient:
         *,
         http: httpx.AsyncClient,
         clock: Callable[[], float] = time.time,
+        limiter: ContentRateLimiter | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
         self._origin = _origin(self._api_url)
         self._auth = auth
         self._http = http
         self._clock = clock
+        self._limiter = limiter if limiter is not None else ContentRateLimiter()
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r})"
@@ -258,7 +302,7 @@ class GitHubClient:
                 f"the comment is longer than GitHub's limit of {MAX_COMMENT_CHARS} characters",
             )
         owner, repo, number = _issue_coordinates(event)
-        installation = event.installation_id
+        installation = await self._installation(event.installation_id, owner, repo)
         if comment_id and comment_id.isdigit():
             try:
                 return await self._update_comment(owner, repo, comment_id, body, installation)
@@ -294,8 +338,12 @@ class GitHubClient:
         """Online check for ``check-config --online``: the credential works; returns a summary.
 
         Uses ``GET /rate_limit``, which any token type may call and which does
-        not count against the limit. Raises ``RemoteError`` subclasses.
+        not count against the limit. A GitHub App without an ``installation_id``
+        has no token to call it with: its own check (``GET /app``) is used.
+        Raises ``RemoteError`` subclasses.
         """
+        if installation_id is None and isinstance(self._auth, GitHubAppCredential):
+            return f"GitHub at {self._api_url}: {await self._auth.check()}"
         data, _ = await self._send("GET", f"{self._api_url}/rate_limit", installation_id)
         resources = data.get("resources") if isinstance(data, dict) else None
         core = resources.get("core") if isinstance(resources, dict) else None
@@ -309,6 +357,15 @@ class GitHubClient:
         return f"GitHub at {self._api_url}: credential accepted"
 
     # -- requests -------------------------------------------------------------
+
+    async def _installation(self, installation_id: int | None, owner: str, repo: str) -> int | None:
+        """The delivery's installation, else the App's installation on the repository.
+
+        ``None`` for credentials that are not a GitHub App (a token needs none).
+        """
+        if installation_id is not None or not isinstance(self._auth, GitHubAppCredential):
+            return installation_id
+        return await self._auth.installation_for(f"{owner}/{repo}")
 
     async def _update_comment(
         self, owner: str, repo: str, comment_id: str, body: str, installation_id: int | None
@@ -333,9 +390,16 @@ class GitHubClient:
         params: dict[str, str] | None = None,
         json: Any = None,
     ) -> tuple[Any, httpx.Response]:
-        """One request with a single retry after a 401 (the credential may be refreshed)."""
+        """One request with a single retry after a 401 (the credential may be refreshed).
+
+        Mutating methods wait for, and run under, the content-creation limiter.
+        """
         for attempt in (1, 2):
-            response = await self._request_once(method, url, installation_id, params, json)
+            if method.upper() in MUTATING_METHODS:
+                async with self._limiter.permit():
+                    response = await self._request_once(method, url, installation_id, params, json)
+            else:
+                response = await self._request_once(method, url, installation_id, params, json)
             try:
                 return decipher_github_response(response, now=self._clock()), response
             except TokenRejected:
@@ -352,18 +416,13 @@ class GitHubClient:
         params: dict[str, str] | None,
         json: Any,
     ) -> httpx.Response:
-        headers = {
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION,
-            "User-Agent": USER_AGENT,
-            "Authorization": await self._auth.authorization(installation_id),
-        }
+        headers = github_headers(await self._auth.authorization(installation_id))
         try:
             return await self._http.request(
                 method, url, headers=headers, params=params, json=json, follow_redirects=False
             )
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from None
+            raise transport_error(exc) from None
 
     def _next_page(self, response: httpx.Response) -> str | None:
         """The ``rel="next"`` URL, if it points at the configured API origin."""
@@ -407,8 +466,12 @@ def _comment_id(data: Any) -> str:
 
 
 __all__ = [
+    "MUTATING_METHODS",
+    "GitHubAppCredential",
     "GitHubAuth",
     "GitHubClient",
     "TokenAuth",
     "decipher_github_response",
+    "github_headers",
+    "transport_error",
 ]

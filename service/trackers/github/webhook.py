@@ -31,11 +31,32 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs
 
 from service.core.events import Decision, Ignored, IssueEvent, Person, Ping, Trigger
 from service.errors import MalformedPayload, SignatureError
+from service.trackers.payload import (
+    Payload,
+)
+from service.trackers.payload import (
+    as_object as _as_object,
+)
+from service.trackers.payload import (
+    field as _field,
+)
+from service.trackers.payload import (
+    header as _header,
+)
+from service.trackers.payload import (
+    json_type as _json_type,
+)
+from service.trackers.payload import (
+    optional as _optional,
+)
+from service.trackers.payload import (
+    required_object as _object,
+)
 
 SIGNATURE_HEADER = "x-hub-signature-256"
 DELIVERY_HEADER = "x-github-delivery"
@@ -45,7 +66,6 @@ HOOK_ID_HEADER = "x-github-hook-id"
 _SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _MAX_DELIVERY_ID = 128
 
-Payload = dict[str, Any]
 T = TypeVar("T")
 Handler = Callable[["_Delivery"], Decision]
 
@@ -325,66 +345,22 @@ def _same_label(name: str, trigger_label: str) -> bool:
     return name.casefold() == trigger_label.casefold()
 
 
-def _field(obj: Payload, key: str, kind: type[T], where: str) -> T:
-    """``obj[key]``, which must be present and of ``kind`` (a bool is not an int)."""
-    if key not in obj or obj[key] is None:
-        raise MalformedPayload(f"{where} is missing")
-    return _typed(obj[key], kind, where)
 
 
-def _optional(obj: Payload, key: str, kind: type[T], where: str) -> T | None:
-    """``obj[key]`` if present and not null, else ``None``; wrong type is malformed."""
-    value = obj.get(key)
-    return None if value is None else _typed(value, kind, where)
 
 
-def _typed(value: object, kind: type[T], where: str) -> T:
-    if isinstance(value, bool) and kind is not bool:
-        raise MalformedPayload(f"{where} is a boolean, expected {kind.__name__}")
-    if not isinstance(value, kind):
-        raise MalformedPayload(f"{where} is a JSON {_json_type(value)}, expected {kind.__name__}")
-    return value
 
 
-def _object(obj: Payload, key: str, where: str) -> Payload:
-    if key not in obj or obj[key] is None:
-        raise MalformedPayload(f"{where} is missing")
-    return _as_object(obj[key], where)
 
 
-def _as_object(value: object, where: str) -> Payload:
-    if not isinstance(value, dict):
-        raise MalformedPayload(f"{where} is a JSON {_json_type(value)}, expected an object")
-    return value
 
 
-def _json_type(value: object) -> str:
-    names: list[tuple[type, str]] = [
-        (bool, "boolean"),
-        (int, "number"),
-        (float, "number"),
-        (str, "string"),
-        (list, "array"),
-        (dict, "object"),
-    ]
-    if value is None:
-        return "null"
-    return next((name for kind, name in names if isinstance(value, kind)), "value")
 
 
 # ---------------------------------------------------------------------------
 # Headers
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup (``name`` is lower case)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, candidate in headers.items():
-        if key.lower() == name:
-            return candidate
-    return None
 
 
 def _required_header(headers: Mapping[str, str], name: str, label: str) -> str:

@@ -1,0 +1,130 @@
+"""Client-side pacing of GitHub's content-creating requests (secondary limits).
+
+GitHub allows at most 80 content-creating requests per minute and 500 per
+hour, and asks for mutating requests one at a time. ``ContentRateLimiter``
+keeps the bridge under those numbers on its own, so that a burst of labelled
+issues is slowed down here instead of being refused (and possibly the
+integration banned) there. It does not space requests artificially: an idle
+bridge posts its comment at once, and a burst runs at full speed until a
+window is full.
+
+The window arithmetic is the pure function ``delay_needed``; the limiter only
+keeps the timestamps, a lock and an injectable clock and sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+Window = tuple[int, float]
+"""``(limit, seconds)``: at most ``limit`` requests in any ``seconds``-long span."""
+
+CONTENT_CREATION_WINDOWS: tuple[Window, ...] = ((80, 60.0), (500, 3600.0))
+
+
+def delay_needed(timestamps: Sequence[float], windows: Sequence[Window], now: float) -> float:
+    """Seconds to wait from ``now`` until one more request fits every window.
+
+    ``timestamps`` are the start times of earlier requests, ascending. A
+    window ``(limit, span)`` counts the requests in ``(now - span, now]``;
+    when that is already ``limit`` or more, the new request must wait until
+    enough of the oldest ones are ``span`` seconds old. The result is the
+    largest wait over all windows, ``0.0`` when the request may go now.
+    """
+    wait = 0.0
+    for limit, span in windows:
+        start = bisect.bisect_right(timestamps, now - span)
+        in_window = len(timestamps) - start
+        if in_window >= limit:
+            oldest_to_expire = timestamps[start + in_window - limit]
+            wait = max(wait, oldest_to_expire + span - now)
+    return wait
+
+
+def _validate(windows: Sequence[Window]) -> tuple[Window, ...]:
+    if not windows:
+        raise ValueError("a rate limiter needs at least one window")
+    for limit, span in windows:
+        if limit < 1 or span <= 0:
+            raise ValueError(f"invalid rate-limit window ({limit}, {span})")
+    return tuple(windows)
+
+
+class ContentRateLimiter:
+    """A sliding-window limiter over several windows, serialising its callers.
+
+    ``windows`` defaults to GitHub's content-creation limits (80/min,
+    500/hour). ``clock`` returns seconds (monotonic by default) and ``sleep``
+    waits that long; both are injectable so that tests need no real waiting.
+    Callers are served one at a time in arrival order (``asyncio.Lock`` is
+    FIFO). One limiter should be shared by everything that mutates GitHub
+    content with the same identity.
+    """
+
+    def __init__(
+        self,
+        windows: Sequence[Window] = CONTENT_CREATION_WINDOWS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._windows = _validate(windows)
+        self._longest = max(span for _, span in self._windows)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._timestamps: list[float] = []
+
+    def __repr__(self) -> str:
+        return f"ContentRateLimiter(windows={list(self._windows)!r})"
+
+    async def acquire(self) -> None:
+        """Wait until one more request fits every window, then count it as started now.
+
+        Concurrent callers are admitted one at a time, in order. The request
+        itself is not held under the lock; use ``permit`` for that.
+        """
+        async with self._lock:
+            await self._admit()
+
+    @asynccontextmanager
+    async def permit(self) -> AsyncIterator[None]:
+        """Like ``acquire``, and hold the lock until the block ends.
+
+        Wrap a mutating request in it so that mutating requests run one at a
+        time, as GitHub asks.
+        """
+        async with self._lock:
+            await self._admit()
+            yield
+
+    def recent(self) -> list[float]:
+        """Start times of the requests still inside the longest window (ascending)."""
+        return list(self._timestamps)
+
+    async def _admit(self) -> None:
+        """Sleep until the windows have room, then record the request (caller holds the lock)."""
+        while True:
+            now = self._clock()
+            self._forget_before(now - self._longest)
+            wait = delay_needed(self._timestamps, self._windows, now)
+            if wait <= 0:
+                last = self._timestamps[-1] if self._timestamps else now
+                self._timestamps.append(max(now, last))  # stays ascending if the clock steps back
+                return
+            await self._sleep(wait)
+
+    def _forget_before(self, cutoff: float) -> None:
+        del self._timestamps[: bisect.bisect_right(self._timestamps, cutoff)]
+
+
+__all__ = [
+    "CONTENT_CREATION_WINDOWS",
+    "ContentRateLimiter",
+    "Window",
+    "delay_needed",
+]

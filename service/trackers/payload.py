@@ -1,0 +1,84 @@
+"""Typed readers for webhook payloads and headers, shared by every tracker's parser.
+
+Every failure is a ``MalformedPayload`` naming the field (``where``), so a
+malformed delivery gets a 400 with a useful message instead of a KeyError
+or TypeError escaping as a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from service.errors import MalformedPayload
+
+Payload = dict[str, Any]
+T = TypeVar("T")
+
+
+def field(obj: Payload, key: str, kind: type[T], where: str) -> T:
+    """``obj[key]``, which must be present and of ``kind`` (a bool is not an int)."""
+    if key not in obj or obj[key] is None:
+        raise MalformedPayload(f"{where} is missing")
+    return typed(obj[key], kind, where)
+
+
+def optional(obj: Payload, key: str, kind: type[T], where: str) -> T | None:
+    """``obj[key]`` if present and not null, else ``None``; a wrong type is malformed."""
+    value = obj.get(key)
+    return None if value is None else typed(value, kind, where)
+
+
+def typed(value: object, kind: type[T], where: str) -> T:
+    """``value`` if it is a ``kind`` (JSON booleans are not numbers), else malformed."""
+    if isinstance(value, bool) and kind is not bool:
+        raise MalformedPayload(f"{where} is a boolean, expected {kind.__name__}")
+    if not isinstance(value, kind):
+        raise MalformedPayload(f"{where} is a JSON {json_type(value)}, expected {kind.__name__}")
+    return value
+
+
+def required_object(obj: Payload, key: str, where: str) -> Payload:
+    """``obj[key]``, which must be a JSON object."""
+    if key not in obj or obj[key] is None:
+        raise MalformedPayload(f"{where} is missing")
+    return as_object(obj[key], where)
+
+
+def optional_object(obj: Payload, key: str, where: str) -> Payload | None:
+    """``obj[key]`` if present and not null (then it must be an object), else ``None``."""
+    value = obj.get(key)
+    return None if value is None else as_object(value, where)
+
+
+def as_object(value: object, where: str) -> Payload:
+    """``value`` if it is a JSON object, else malformed."""
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{where} is a JSON {json_type(value)}, expected an object")
+    return value
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    names: list[tuple[type, str]] = [
+        (bool, "boolean"),
+        (int, "number"),
+        (float, "number"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "object"),
+    ]
+    if value is None:
+        return "null"
+    return next((name for kind, name in names if isinstance(value, kind)), "value")
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup (``name`` in lower case); works on plain dicts too."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, candidate in headers.items():
+        if key.lower() == name:
+            return candidate
+    return None
