@@ -23,15 +23,19 @@ from starlette.routing import Route
 from service.coder.base import CoderBackend
 from service.coder.client import CoderClient
 from service.coder.tasks import TasksBackend
-from service.config import Config
+from service.config import Config, InvalidConfig
 from service.core.events import Decision
+from service.errors import ConfigError
 from service.logging import get_logger
 from service.store import open_store
 from service.store.base import Store
 from service.store.vault import Vault
 from service.trackers.base import IssueCommenter
-from service.trackers.github.api import GitHubClient, TokenAuth
+from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
+from service.trackers.github.app_auth import AppAuth
 from service.trackers.github.webhook import parse_github_delivery
+from service.trackers.linear.api import LinearClient
+from service.trackers.linear.webhook import parse_linear_delivery
 from service.web.health import Readiness, healthz, metrics_endpoint
 from service.web.ingest import GroupCommitter
 from service.web.webhooks import Parser, WebhookEndpoint
@@ -79,15 +83,34 @@ def coder_backend_factory(
 
 
 def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, IssueCommenter]:
-    """One comment client per configured tracker."""
+    """One comment client per configured tracker.
+
+    Raises ``InvalidConfig`` when the GitHub App private key cannot be used.
+    """
     commenters: dict[str, IssueCommenter] = {}
-    if config.github is not None and config.github.token is not None:
-        auth = TokenAuth(config.github.token.reveal())
-        commenters["github"] = GitHubClient(config.github.api_url, auth, http=http)
+    github = config.github
+    if github is not None:
+        auth: GitHubAuth
+        if github.app_id is not None and github.private_key is not None:
+            try:
+                auth = AppAuth(github.api_url, github.app_id, github.private_key.reveal(),
+                               http=http)
+            except ValueError as exc:
+                raise InvalidConfig([ConfigError("github.private_key", str(exc))]) from None
+        elif github.token is not None:
+            auth = TokenAuth(github.token.reveal())
+        else:  # load_config requires one of the two
+            raise InvalidConfig([ConfigError("github.token", "no GitHub credential")])
+        commenters["github"] = GitHubClient(github.api_url, auth, http=http)
+    linear = config.linear
+    if linear is not None and linear.api_key is not None:
+        commenters["linear"] = LinearClient(linear.api_url, linear.api_key.reveal(), http=http)
     return commenters
 
 
-def build_parsers(config: Config) -> dict[str, Parser | None]:
+def build_parsers(
+    config: Config, clock: Callable[[], float] = time.time
+) -> dict[str, Parser | None]:
     """The webhook parser of each tracker; None where the tracker is not configured (→ 404)."""
     parsers: dict[str, Parser | None] = {"github": None, "linear": None}
     if config.github is not None:
@@ -99,6 +122,15 @@ def build_parsers(config: Config) -> dict[str, Parser | None]:
                                          trigger_label=github.trigger_label)
 
         parsers["github"] = parse_github
+    if config.linear is not None:
+        linear = config.linear
+        linear_secrets = [s.reveal() for s in linear.webhook_secrets]
+
+        def parse_linear(headers: Mapping[str, str], body: bytes) -> Decision:
+            return parse_linear_delivery(headers, body, secrets=linear_secrets,
+                                         trigger_label=linear.trigger_label, now=clock())
+
+        parsers["linear"] = parse_linear
     return parsers
 
 
@@ -159,7 +191,7 @@ async def build_services(
     if role in ("all", "web"):
         on_commit = services.worker.wake if services.worker is not None else None
         services.committer = GroupCommitter(store, on_commit=on_commit)
-        services.parsers = build_parsers(config)
+        services.parsers = build_parsers(config, clock)
     return services
 
 

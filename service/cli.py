@@ -206,6 +206,9 @@ class _GracefulServer(uvicorn.Server):
 
 # -- check-config --------------------------------------------------------------------
 def _check_config(config: Config, *, online: bool) -> int:
+    from service.app import build_commenters
+
+    asyncio.run(_build_clients(config, build_commenters))  # raises InvalidConfig (bad App key)
     where = config.source or "built-in development defaults"
     print(f"configuration OK ({where})")
     if config.github is None and config.linear is None:
@@ -216,6 +219,11 @@ def _check_config(config: Config, *, online: bool) -> int:
     if online:
         return asyncio.run(_check_online(config))
     return 0
+
+
+async def _build_clients(config: Config, build: Callable[[Config, httpx.AsyncClient], Any]) -> None:
+    async with httpx.AsyncClient() as http:
+        build(config, http)
 
 
 async def _check_online(config: Config) -> int:

@@ -30,3 +30,28 @@ GITHUB_SECRET: str = json.loads((FIXTURES / "github" / "headers.json").read_text
 def sign_github(body: bytes, secret: str = GITHUB_SECRET) -> str:
     """``X-Hub-Signature-256`` for ``body``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+LINEAR_FIXTURE = "linear/issue__update_labeled.json"
+LINEAR_FIXTURE_SENT_AT = 1768472493.512  # the fixture's webhookTimestamp, in seconds
+_LINEAR_HEADERS: dict[str, Any] = json.loads((FIXTURES / "linear" / "headers.json").read_text())
+LINEAR_SECRET: str = _LINEAR_HEADERS["secret"]
+
+
+def sign_linear(body: bytes, secret: str = LINEAR_SECRET) -> str:
+    """``Linear-Signature`` for ``body`` (bare hex)."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def linear_delivery(*, sent_at: float = LINEAR_FIXTURE_SENT_AT) -> tuple[bytes, dict[str, str]]:
+    """The Linear fixture with ``webhookTimestamp`` set to ``sent_at``, and its signed headers.
+
+    At the fixture's own time the bytes are unchanged (and so is the signature).
+    """
+    body = fixture_bytes(LINEAR_FIXTURE)
+    stamp = b'"webhookTimestamp": 1768472493512'
+    assert stamp in body
+    body = body.replace(stamp, b'"webhookTimestamp": %d' % round(sent_at * 1000))
+    headers = dict(_LINEAR_HEADERS["headers"])
+    headers["Linear-Signature"] = sign_linear(body)
+    return body, headers

@@ -22,15 +22,24 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tests.conftest import GITHUB_SECRET, REPO, fixture_bytes, github_headers
+from tests.conftest import (
+    GITHUB_SECRET,
+    LINEAR_SECRET,
+    REPO,
+    fixture_bytes,
+    github_headers,
+    linear_delivery,
+)
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
+from tests.fakes.linear import DEFAULT_API_KEY, FIXTURE_ISSUE_ID, FakeLinear
 from tests.fakes.server import free_port, serve_in_thread
 
 T = TypeVar("T")
 
 ENCRYPTION_KEY = base64.b64encode(b"e2e-test-key-32-bytes-long-....."[:32]).decode()
 AUTHOR_GITHUB_ID = "21031067"  # Codertocat, the author in every GitHub fixture
+AUTHOR_LINEAR_ID = "5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10"  # Ada, creator of the Linear fixture
 REPOSITORY = "Codertocat/Hello-World"
 
 
@@ -53,8 +62,10 @@ class Bridge:
     workdir: Path
     coder: FakeCoder
     github: FakeGitHub
+    linear: FakeLinear
     coder_url: str
     github_url: str
+    linear_url: str
     port: int
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -81,6 +92,8 @@ class Bridge:
             "CODER_BRIDGE_KEY": ENCRYPTION_KEY,
             "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,
             "GITHUB_TOKEN": DEFAULT_TOKEN,
+            "LINEAR_WEBHOOK_SECRET": LINEAR_SECRET,
+            "LINEAR_API_KEY": DEFAULT_API_KEY,
             "PYTHONPATH": str(REPO),
         })
         return env
@@ -112,6 +125,11 @@ webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
 api_url = "{self.github_url}"
 token = "env:GITHUB_TOKEN"
 trigger_label = "bug"
+
+[linear]
+webhook_secret = "env:LINEAR_WEBHOOK_SECRET"
+api_url = "{self.linear_url}/graphql"
+api_key = "env:LINEAR_API_KEY"
 
 [delegation]
 acting_user = {s.get("acting_user", '["author"]')}
@@ -170,12 +188,25 @@ poll_interval = 0.05
 
     # -- helpers ---------------------------------------------------------------------
     def link_author(self, username: str = "codertocat") -> str:
-        """Create the Coder user and link the fixtures' author to it; returns the token."""
+        """Create the Coder user and link the fixtures' authors to it; returns the token."""
         token = self.coder.add_user(username)
         result = self.cli("users", "link", "--github-id", AUTHOR_GITHUB_ID,
-                          "--github-login", "Codertocat", "--coder-token-stdin", stdin=token)
+                          "--github-login", "Codertocat", "--linear-id", AUTHOR_LINEAR_ID,
+                          "--coder-token-stdin", stdin=token)
         assert result.returncode == 0, result.stderr
         return token
+
+    def deliver_linear(self, *, sent_at: float | None = None, delivery_id: str | None = None
+                       ) -> httpx.Response:
+        """POST the Linear fixture, re-stamped with ``sent_at`` (default now) and re-signed."""
+        body, headers = linear_delivery(sent_at=time.time() if sent_at is None else sent_at)
+        if delivery_id:
+            headers["Linear-Delivery"] = delivery_id
+        return httpx.post(f"{self.url}/webhooks/linear", content=body, headers=headers,
+                          timeout=10)
+
+    def linear_comments(self) -> list[dict[str, Any]]:
+        return self.linear.comments(FIXTURE_ISSUE_ID)
 
     def deliver(self, fixture: str = "issues__labeled.json", *, delivery_id: str | None = None,
                 body: bytes | None = None, headers: dict[str, str] | None = None
@@ -211,11 +242,13 @@ def running_bridge(tmp_path: Path, *, coder_mode: str = "tasks", start: bool = T
     coder = FakeCoder(coder_mode)
     coder.add_template("default", "tasks-docker", presets=settings.pop("presets", ()))
     github = FakeGitHub()
+    linear = FakeLinear()
     with ExitStack() as stack:
         coder_url = stack.enter_context(serve_in_thread(coder.app()))
         github_url = stack.enter_context(serve_in_thread(github))
-        bridge = Bridge(tmp_path, coder, github, coder_url, github_url, free_port(),
-                        settings=settings)
+        linear_url = stack.enter_context(serve_in_thread(linear))
+        bridge = Bridge(tmp_path, coder, github, linear, coder_url, github_url, linear_url,
+                        free_port(), settings=settings)
         try:
             if start:
                 bridge.start()

@@ -260,13 +260,13 @@ def test_bad_input_gets_clear_errors_and_stores_nothing(tmp_path: Path) -> None:
         too_large = bridge.deliver(body=huge, headers={"X-Hub-Signature-256": sign_github(huge)})
         assert too_large.status_code == 413
 
-        assert httpx.post(f"{bridge.url}/webhooks/linear", content=b"{}").status_code == 404
+        assert httpx.post(f"{bridge.url}/webhooks/linear", content=b"{}").status_code == 401
         ignored = bridge.deliver("issues__unlabeled.json")
         assert ignored.json()["status"] == "ignored"
         assert bridge.deliver("ping.json").json() == {"status": "pong"}
 
         assert "no deliveries" in bridge.cli("deliveries", "list").stdout
-        assert bridge.logs().count("webhook_rejected") == 4
+        assert bridge.logs().count("webhook_rejected") == 5
 
 
 def test_labeler_acts_when_configured(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ ENV = {
     "CODER_BRIDGE_KEY": KEY,
     "GITHUB_WEBHOOK_SECRET": "hook-secret",
     "GITHUB_TOKEN": "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "LINEAR_WEBHOOK_SECRET": "linear-secret",
+    "LINEAR_API_KEY": "lin_api_example",
 }
 
 
@@ -46,6 +48,8 @@ def test_example_config_loads_with_its_environment() -> None:
     assert config.security.encryption_keys == (b"k" * 32,)
     assert config.route_for("github", "acme/widgets") == ("python-agent", "large")
     assert config.route_for("github", "other/repo") == ("tasks-docker", "")
+    assert config.route_for("linear", "eng") == ("tasks-docker", "")
+    assert config.linear is not None and config.linear.api_key == Secret("lin_api_example")
 
 
 def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
