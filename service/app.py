@@ -26,6 +26,7 @@ from service.coder.tasks import TasksBackend
 from service.config import Config, InvalidConfig
 from service.core.events import Decision
 from service.errors import ConfigError
+from service.http import build_http_client
 from service.logging import get_logger
 from service.store import open_store
 from service.store.base import Store
@@ -33,10 +34,11 @@ from service.store.vault import Vault
 from service.trackers.base import IssueCommenter
 from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
 from service.trackers.github.app_auth import AppAuth
+from service.trackers.github.ratelimit import ContentRateLimiter
 from service.trackers.github.webhook import parse_github_delivery
 from service.trackers.linear.api import LinearClient
 from service.trackers.linear.webhook import parse_linear_delivery
-from service.web.health import Readiness, healthz, metrics_endpoint
+from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
 from service.web.webhooks import Parser, WebhookEndpoint
 from service.worker.delegator import Delegator
@@ -101,7 +103,8 @@ def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, Issue
             auth = TokenAuth(github.token.reveal())
         else:  # load_config requires one of the two
             raise InvalidConfig([ConfigError("github.token", "no GitHub credential")])
-        commenters["github"] = GitHubClient(github.api_url, auth, http=http)
+        limiter = ContentRateLimiter(github.content_windows)
+        commenters["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter)
     linear = config.linear
     if linear is not None and linear.api_key is not None:
         commenters["linear"] = LinearClient(linear.api_url, linear.api_key.reveal(), http=http)
@@ -132,6 +135,16 @@ def build_parsers(
 
         parsers["linear"] = parse_linear
     return parsers
+
+
+def remote_services(config: Config) -> list[tuple[str, str]]:
+    """Base URL → service name, for the metrics of outbound calls."""
+    services = [(config.coder.url, "coder")]
+    if config.github is not None:
+        services.append((config.github.api_url, "github"))
+    if config.linear is not None:
+        services.append((config.linear.api_url, "linear"))
+    return services
 
 
 @dataclass
@@ -175,8 +188,7 @@ async def build_services(
     if migrate:
         await store.migrate()
     vault = load_vault(config)
-    http = httpx.AsyncClient(timeout=config.coder.timeout,
-                             limits=httpx.Limits(max_connections=100))
+    http = build_http_client(remote_services(config), timeout=config.coder.timeout)
     services = Services(config=config, store=store, vault=vault, http=http, role=role,
                         clock=clock)
     if role in ("all", "worker"):
@@ -208,7 +220,8 @@ def create_app(services: Services) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.handle, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(services.store, services.clock).handle,
+              methods=["GET"]),
     ]
     if services.committer is not None:
         for tracker in ("github", "linear"):

@@ -118,6 +118,14 @@ class GitHubConfig:
     app_id: int | None = None
     private_key: Secret | None = None
     trigger_label: str = DEFAULT_TRIGGER_LABEL
+    comments_per_minute: int = 80
+    comments_per_hour: int = 500
+
+    @property
+    def content_windows(self) -> tuple[tuple[int, float], ...]:
+        """(limit, seconds) windows for comment creation and edits; 0 disables a window."""
+        windows = ((self.comments_per_minute, 60.0), (self.comments_per_hour, 3600.0))
+        return tuple((limit, span) for limit, span in windows if limit > 0)
 
 
 @dataclass(frozen=True)
@@ -342,7 +350,8 @@ class _Reader:
 
     def github(self, raw: dict[str, Any]) -> GitHubConfig:
         self._reject_unknown("github", raw, ("webhook_secret", "api_url", "token", "app_id",
-                                             "private_key", "trigger_label"))
+                                             "private_key", "trigger_label",
+                                             "comments_per_minute", "comments_per_hour"))
         secrets = self._secrets(raw, "github.webhook_secret")
         token = self._str(raw, "github.token", "", secret=True)
         app_id = self._int(raw, "github.app_id", 0, minimum=1) if "app_id" in raw else None
@@ -362,6 +371,8 @@ class _Reader:
             private_key=Secret(private_key) if private_key else None,
             trigger_label=self._str(raw, "github.trigger_label", DEFAULT_TRIGGER_LABEL,
                                     nonempty=True),
+            comments_per_minute=self._int(raw, "github.comments_per_minute", 80, minimum=0),
+            comments_per_hour=self._int(raw, "github.comments_per_hour", 500, minimum=0),
         )
 
     def linear(self, raw: dict[str, Any]) -> LinearConfig:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -281,6 +282,7 @@ class SQLiteStore:
         """Wrap an opened, configured connection; prefer :meth:`open`."""
         self._conn: aiosqlite.Connection | None = conn
         self._path = path
+        self._inode: int | None = None
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -307,7 +309,10 @@ class SQLiteStore:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, target)
+        store = cls(conn, target)
+        if target != ":memory:":
+            store._inode = os.stat(target).st_ino
+        return store
 
     # -- plumbing -----------------------------------------------------------------
     async def _run(self, body: _Body[_T], *, begin: str | None = None) -> _T:
@@ -396,10 +401,27 @@ class SQLiteStore:
         return await self._run(body), newest
 
     async def ping(self) -> None:
-        """Raise ``StoreError`` unless ``SELECT 1`` answers."""
+        """Raise ``StoreError`` unless the database file is still the one we opened and
+        readable, and ``SELECT 1`` answers.
+
+        The file check matters: SQLite keeps serving from its open descriptor and the
+        WAL after the file was removed, replaced or made unreadable (a lost volume),
+        while every write would be going nowhere that survives.
+        """
+        if self._inode is not None:
+            self._check_file()
         row = await self._fetchone("SELECT 1")
         if row is None or row[0] != 1:
             raise StoreError("SQLite did not answer SELECT 1")
+
+    def _check_file(self) -> None:
+        try:
+            inode = os.stat(self._path).st_ino
+            os.close(os.open(self._path, os.O_RDONLY))
+        except OSError as exc:
+            raise StoreError(f"the database file is not readable: {exc.strerror}") from None
+        if inode != self._inode:
+            raise StoreError("the database file was replaced since it was opened")
 
     async def close(self) -> None:
         """Wait for the operation in progress, then close; later calls raise StoreError.

@@ -74,6 +74,26 @@ class Readiness:
         return None
 
 
-async def metrics_endpoint(_: Request) -> Response:
-    """Prometheus text exposition of ``service.metrics.REGISTRY``."""
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+@dataclass
+class MetricsEndpoint:
+    """``GET /metrics``: Prometheus text exposition of ``service.metrics.REGISTRY``.
+
+    Queue depth and the oldest job's age are read from the store at scrape time,
+    so every replica reports the shared queue as it is now. If the store does not
+    answer, the gauges keep their last values and the scrape still succeeds.
+    """
+
+    store: Store
+    clock: Callable[[], float] = time.time
+    timeout: float = 2.0
+
+    async def handle(self, _: Request) -> Response:
+        try:
+            depth, oldest = await asyncio.wait_for(
+                self.store.queue_stats(now=self.clock()), self.timeout)
+        except Exception:  # noqa: S110 - readiness reports storage problems; scrapes go on
+            pass
+        else:
+            metrics.QUEUE_DEPTH.set(depth)
+            metrics.QUEUE_OLDEST_AGE.set(oldest)
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -62,7 +62,8 @@ class Worker:
         self._wakeup.set()
 
     def start(self) -> None:
-        """Run the loop in the background."""
+        """Run the loop in the background (again, after ``stop``)."""
+        self._stopping.clear()
         self._loop_task = asyncio.create_task(self.run(), name="worker-loop")
 
     @property

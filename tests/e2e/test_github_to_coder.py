@@ -276,3 +276,33 @@ def test_labeler_acts_when_configured(tmp_path: Path) -> None:
         comment = bridge.wait_for_comment("/tasks/codertocat/")
         assert "who added the label" in bridge.coder.tasks[0]["initial_prompt"]
         assert comment
+
+
+def test_sigterm_during_a_burst_loses_nothing(tmp_path: Path) -> None:
+    issues = range(1, 31)
+    with running_bridge(tmp_path) as bridge:
+        bridge.link_author()
+        for number in issues:
+            bridge.github.add_issue("Codertocat/Hello-World", number)
+        bridge.coder.delay_next("create_task", 0.2, times=len(issues))
+        template = fixture_bytes("github/issues__labeled.json")
+        for number in issues:
+            body = template.replace(b'"number": 1,', b'"number": %d,' % number)
+            answer = bridge.deliver(body=body, delivery_id=f"burst-{number}",
+                                    headers={"X-Hub-Signature-256": sign_github(body)})
+            assert answer.json()["status"] == "accepted"
+
+        assert bridge.stop() == 0  # SIGTERM right after the last acknowledgement
+        logs = bridge.logs()
+        assert "worker_draining" in logs or "worker_stopped" in logs
+        done_before_restart = len(bridge.coder.tasks)
+        assert done_before_restart < len(issues)
+
+        bridge.start()
+        wait_for(lambda: len(bridge.coder.tasks) == len(issues), timeout=60,
+                 what="every issue's task")
+        for number in issues:
+            wait_for(lambda n=number: len(bridge.github.comments("Codertocat/Hello-World", n))
+                     == 1, what=f"the comment on issue {number}")
+        names = {task["name"] for task in bridge.coder.tasks}
+        assert len(names) == len(issues)

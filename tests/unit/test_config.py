@@ -144,6 +144,17 @@ token = "ghp_tokenvalue"
     assert KEY not in text and repr(b"k" * 32) not in text
 
 
+def test_github_content_limits_default_to_githubs_and_can_be_disabled(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "s"
+token = "t"
+comments_per_hour = 0
+"""), {})
+    assert config.github is not None
+    assert config.github.content_windows == ((80, 60.0),)
+
+
 def test_invalid_toml_is_one_clear_problem(tmp_path: Path) -> None:
     found = problems(tmp_path, "[server\n")
     assert "not valid TOML" in found["--config"]

@@ -96,10 +96,22 @@ def test_delay_needed(
     assert delay_needed(timestamps, windows, now) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("windows", [[], [(0, 60.0)], [(80, 0.0)], [(80, -1.0)]])
+@pytest.mark.parametrize("windows", [[(0, 60.0)], [(80, 0.0)], [(80, -1.0)]])
 def test_invalid_windows_are_refused(windows: list[Window]) -> None:
     with pytest.raises(ValueError):
         ContentRateLimiter(windows)
+
+
+async def test_no_windows_means_no_wait() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    limiter = ContentRateLimiter([], clock=lambda: 0.0, sleep=sleep)
+    for _ in range(1000):
+        await limiter.acquire()
+    assert slept == []
 
 
 # ---------------------------------------------------------------------------

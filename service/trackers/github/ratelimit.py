@@ -46,8 +46,7 @@ def delay_needed(timestamps: Sequence[float], windows: Sequence[Window], now: fl
 
 
 def _validate(windows: Sequence[Window]) -> tuple[Window, ...]:
-    if not windows:
-        raise ValueError("a rate limiter needs at least one window")
+    """Windows must be positive; none at all means "no limit, only one at a time"."""
     for limit, span in windows:
         if limit < 1 or span <= 0:
             raise ValueError(f"invalid rate-limit window ({limit}, {span})")
@@ -73,7 +72,7 @@ class ContentRateLimiter:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._windows = _validate(windows)
-        self._longest = max(span for _, span in self._windows)
+        self._longest = max((span for _, span in self._windows), default=0.0)
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
