@@ -108,7 +108,7 @@ public_url = "https://bridge.example.test"
 max_body_bytes = {s.get("max_body_bytes", 1048576)}
 
 [storage]
-url = "sqlite:///{self.db_path}"
+url = "{s.get("storage_url", f"sqlite:///{self.db_path}")}"
 
 [security]
 encryption_keys = ["env:CODER_BRIDGE_KEY"]
