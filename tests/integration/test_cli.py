@@ -1,0 +1,169 @@
+"""The command line as users run it: exit statuses, messages, token handling, key rotation."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fakes.coder import FakeCoder
+from tests.fakes.server import serve_in_thread
+
+KEY_A = base64.b64encode(b"A" * 32).decode()
+KEY_B = base64.b64encode(b"B" * 32).decode()
+
+
+@pytest.fixture
+def coder() -> Iterator[tuple[FakeCoder, str]]:
+    fake = FakeCoder("tasks")
+    with serve_in_thread(fake.app()) as url:
+        yield fake, url
+
+
+def write_config(tmp_path: Path, coder_url: str, keys: list[str]) -> Path:
+    path = tmp_path / "config.toml"
+    key_list = ", ".join(f'"{k}"' for k in keys)
+    path.write_text(f"""
+[storage]
+url = "sqlite:///{tmp_path / 'bridge.db'}"
+[security]
+encryption_keys = [{key_list}]
+[coder]
+url = "{coder_url}"
+template = "tasks-docker"
+""")
+    return path
+
+
+def run(config: Path | None, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
+    env["PYTHONPATH"] = str(REPO)
+    extra = ["--config", str(config)] if config else []
+    return subprocess.run([sys.executable, "-m", "service", *args, *extra], input=stdin,
+                          capture_output=True, text=True, env=env, cwd=config.parent if config
+                          else REPO, timeout=60, check=False)
+
+
+def test_check_config_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nport = "x"\nbogus = 1\n[coder]\napi = "soap"\n')
+    result = run(path, "check-config")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    for key in ("server.port", "server.bogus", "coder.url", "coder.api",
+                "security.encryption_keys"):
+        assert any(line.startswith(f"config error: {key}:") for line in lines), (key, lines)
+
+
+def test_check_config_accepts_the_example_with_its_environment(tmp_path: Path) -> None:
+    env_config = tmp_path / "config.toml"
+    env_config.write_text((REPO / "config.example.toml").read_text()
+                          .replace('"env:CODER_BRIDGE_KEY"', f'"{KEY_A}"')
+                          .replace('"env:GITHUB_WEBHOOK_SECRET"', '"s"')
+                          .replace('"env:GITHUB_TOKEN"', '"t"')
+                          .replace('"env:LINEAR_WEBHOOK_SECRET"', '"s"')
+                          .replace('"env:LINEAR_API_KEY"', '"lin_api_x"'))
+    result = run(env_config, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+
+
+def test_bad_usage_exits_2() -> None:
+    assert run(None, "users", "link", "--github-id", "12").returncode == 2  # no token source
+    assert run(None, "frobnicate").returncode == 2
+
+
+def test_link_validates_the_token_and_never_stores_a_rejected_one(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    fake, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    bad = run(config, "users", "link", "--github-id", "7", "--coder-token-stdin",
+              stdin="abcde12345-AbCdEfGhIjKlMnOpQrStUv\n")
+    assert bad.returncode == 1
+    assert "rejected this token" in bad.stderr and "nothing was stored" in bad.stderr
+    assert "AbCdEfGhIjKlMnOpQrStUv" not in bad.stderr + bad.stdout
+    assert "no linked accounts" in run(config, "users", "list").stdout
+
+    token = fake.add_user("alice")
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    good = run(config, "users", "link", "--github-id", "7", "--github-login", "al",
+               "--linear-id", "5F8C3B8E-2A41-4C55-9A3E-0D6F1C2B7A10",
+               "--coder-token-file", str(token_file))
+    assert good.returncode == 0, good.stderr
+    assert "to Coder user alice" in good.stdout
+    listing = run(config, "users", "list").stdout
+    assert "alice" in listing and "github:7 (al)" in listing and "token valid" in listing
+    assert "linear:5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10" in listing
+    assert token not in listing
+
+
+def test_unlink_removes_identities_and_then_the_account(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    fake, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    token = fake.add_user("bob")
+    assert run(config, "users", "link", "--github-id", "8", "--linear-id", "u-1",
+               "--coder-token-stdin", stdin=token).returncode == 0
+    assert run(config, "users", "unlink", "--github-id", "8").returncode == 0
+    assert "bob" in run(config, "users", "list").stdout
+    assert run(config, "users", "unlink", "--linear-id", "u-1").returncode == 0
+    assert "no linked accounts" in run(config, "users", "list").stdout
+    missing = run(config, "users", "unlink", "--coder-user", "bob")
+    assert missing.returncode == 1 and "not linked" in missing.stderr
+
+
+def test_keys_rotate_lets_the_old_key_go(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
+    fake, url = coder
+    token = fake.add_user("carol")
+    old = write_config(tmp_path, url, [KEY_A])
+    assert run(old, "users", "link", "--github-id", "9", "--coder-token-stdin",
+               stdin=token).returncode == 0
+
+    both = write_config(tmp_path, url, [KEY_B, KEY_A])
+    rotated = run(both, "keys", "rotate")
+    assert rotated.returncode == 0 and "re-encrypted 1 token" in rotated.stdout
+
+    write_config(tmp_path, url, [KEY_B])
+    check = subprocess.run(
+        [sys.executable, "-c", f"""
+import asyncio
+from service.store import open_store
+from service.store.vault import Vault
+async def main():
+    store = await open_store("sqlite:///{tmp_path / 'bridge.db'}")
+    account = await store.find_account("github", "9")
+    print(Vault([b"B" * 32]).decrypt(account.key_id, account.ciphertext,
+                                     owner=account.coder_user_id) == {token!r})
+    await store.close()
+asyncio.run(main())
+"""], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60, check=False)
+    assert check.stdout.strip() == "True", check.stderr
+
+
+def test_deliveries_retry_of_an_unknown_id_is_a_user_error(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    _, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    result = run(config, "deliveries", "retry", "no-such-delivery")
+    assert result.returncode == 1 and "unknown" in result.stderr
+    assert "no deliveries" in run(config, "deliveries", "list").stdout
+
+
+def test_migrate_reports_the_schema_version(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
+    _, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    first = run(config, "migrate")
+    assert first.returncode == 0 and "applied migrations 1" in first.stdout
+    again = run(config, "migrate")
+    assert "schema is current (version 1)" in again.stdout
