@@ -21,12 +21,12 @@ test: lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy --strict service
 	VENV=$(VENV) bash deploy/lint.sh
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix service tests bench
+	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
