@@ -18,7 +18,7 @@ run: $(STAMP)
 
 ## test: lint, type-check, then the whole test suite (needs PostgreSQL on 127.0.0.1:5432)
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --basetemp=$(CURDIR)/.pytest-tmp
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -415,13 +415,17 @@ class SQLiteStore:
             raise StoreError("SQLite did not answer SELECT 1")
 
     def _check_file(self) -> None:
+        # Never open() the file here: POSIX locks belong to the process, and closing ANY
+        # descriptor of the database file drops all of SQLite's locks on it, after which
+        # another process may reset the WAL under us and committed writes are lost.
         try:
             inode = os.stat(self._path).st_ino
-            os.close(os.open(self._path, os.O_RDONLY))
         except OSError as exc:
             raise StoreError(f"the database file is not readable: {exc.strerror}") from None
         if inode != self._inode:
             raise StoreError("the database file was replaced since it was opened")
+        if not os.access(self._path, os.R_OK | os.W_OK):
+            raise StoreError("the database file is not readable and writable")
 
     async def close(self) -> None:
         """Wait for the operation in progress, then close; later calls raise StoreError.
