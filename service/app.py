@@ -20,9 +20,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from service.coder.base import CoderBackend
-from service.coder.client import CoderClient
-from service.coder.tasks import TasksBackend
+from service.coder.detect import ApiDetector, backend_factory
 from service.config import Config, InvalidConfig
 from service.core.events import Decision
 from service.errors import ConfigError
@@ -69,19 +67,6 @@ def load_vault(config: Config) -> Vault:
         log.warning("dev_key_generated", path=str(DEV_KEY_FILE),
                     note="development only: set security.encryption_keys in production")
     return Vault([base64.b64decode(DEV_KEY_FILE.read_text().strip())])
-
-
-def coder_backend_factory(
-    config: Config, http: httpx.AsyncClient
-) -> Callable[[str], CoderBackend]:
-    """token → the backend that speaks to ``coder.url`` with that user's token."""
-    prefix_cache: dict[str, str] = {}
-
-    def build(token: str) -> CoderBackend:
-        client = CoderClient(config.coder.url, token, http=http, timeout=config.coder.timeout)
-        return TasksBackend(client, config.coder.url, prefix_cache=prefix_cache)
-
-    return build
 
 
 def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, IssueCommenter]:
@@ -194,7 +179,7 @@ async def build_services(
     if role in ("all", "worker"):
         delegator = Delegator(
             config=config, store=store, vault=vault,
-            coder_backend=coder_backend_factory(config, http),
+            coder_backend=backend_factory(config.coder, http, ApiDetector()),
             commenters=commenters if commenters is not None else build_commenters(config, http),
             clock=clock,
         )

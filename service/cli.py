@@ -21,12 +21,13 @@ import httpx
 import uvicorn
 
 from service.coder.client import CoderClient
+from service.coder.detect import describe
 from service.config import Config, InvalidConfig, load_config, resolve_config_path
 from service.errors import BridgeError, RemoteError, TokenRejected, UserError
 from service.logging import configure_logging, get_logger
 from service.store import open_store
 from service.store.base import Identity, Store
-from service.store.vault import rotate
+from service.store.vault import Vault, rotate
 
 log = get_logger("service.cli")
 
@@ -227,19 +228,17 @@ async def _build_clients(config: Config, build: Callable[[Config, httpx.AsyncCli
 
 
 async def _check_online(config: Config) -> int:
-    from service.app import build_commenters
+    from service.app import build_commenters, load_vault
 
     failures = 0
+    token, whose = await _linked_token(config, load_vault(config))
     async with httpx.AsyncClient(timeout=config.coder.timeout) as http:
         try:
-            response = await http.get(f"{config.coder.url}/api/v2/buildinfo")
-            version = response.json().get("version", "?") if response.is_success else None
-            if version is None:
-                raise RemoteError("coder", f"buildinfo answered HTTP {response.status_code}")
-            print(f"coder: reachable at {config.coder.url}, version {version}")
-        except (httpx.HTTPError, ValueError, RemoteError) as exc:
+            print(f"coder: {await describe(config.coder, http, token)}"
+                  + (f" (probed with {whose}'s token)" if whose else ""))
+        except RemoteError as exc:
             failures += 1
-            print(f"coder: NOT reachable at {config.coder.url}: {exc}")
+            print(f"coder: FAILED: {exc}")
         for name, commenter in build_commenters(config, http).items():
             check = getattr(commenter, "check", None)
             if check is None:
@@ -250,6 +249,26 @@ async def _check_online(config: Config) -> int:
                 failures += 1
                 print(f"{name}: FAILED: {exc}")
     return 1 if failures else 0
+
+
+async def _linked_token(config: Config, vault: Vault) -> tuple[str | None, str]:
+    """The token of the first linked account with a valid token, to probe Coder as the
+    worker would; (None, "") when nobody is linked or the database is unavailable."""
+    try:
+        store = await open_store(config.storage.url)
+    except BridgeError:
+        return None, ""
+    try:
+        for account, _ in await store.list_accounts():
+            if account.token_status == "valid":
+                token = vault.decrypt(account.key_id, account.ciphertext,
+                                      owner=account.coder_user_id)
+                return token, account.coder_username
+    except BridgeError:
+        pass
+    finally:
+        await store.close()
+    return None, ""
 
 
 # -- migrate -------------------------------------------------------------------------

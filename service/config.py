@@ -106,6 +106,7 @@ class CoderConfig:
     preset: str = ""
     api: Literal["auto", "tasks", "chats"] = "auto"
     timeout: float = 30.0
+    workspace_build_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,8 @@ class _Reader:
 
     def coder(self, raw: dict[str, Any]) -> CoderConfig:
         self._reject_unknown(
-            "coder", raw, ("url", "organization", "template", "preset", "api", "timeout"))
+            "coder", raw, ("url", "organization", "template", "preset", "api", "timeout",
+                           "workspace_build_timeout"))
         if "url" not in raw:
             self._problem("coder.url",
                           "is required (the Coder deployment, e.g. https://coder.example.com)")
@@ -346,6 +348,8 @@ class _Reader:
             preset=self._str(raw, "coder.preset", ""),
             api=api,  # type: ignore[arg-type]  # checked against CODER_API_CHOICES above
             timeout=self._float(raw, "coder.timeout", 30.0, minimum=0.1),
+            workspace_build_timeout=self._float(raw, "coder.workspace_build_timeout", 600.0,
+                                                minimum=1),
         )
 
     def github(self, raw: dict[str, Any]) -> GitHubConfig:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json as jsonlib
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import Any, Final, TypeGuard
 
 import httpx
 
@@ -236,11 +237,50 @@ def _describe_failure(response: httpx.Response, body: Any) -> str:
     if isinstance(body, dict):
         parts = [_as_sentence(body.get("message")), _as_sentence(body.get("detail"))]
         parts.append(_describe_validations(body.get("validations")))
+        parts.append(describe_usage_limit(body))
         text = " ".join(p for p in parts if p)
         if text:
             return _truncate(text)
     reason = response.reason_phrase or "error"
     return f"the server answered HTTP {response.status_code} ({reason}) without an explanation"
+
+
+def describe_usage_limit(body: Mapping[str, Any]) -> str:
+    """Plain words for the spend fields of Coder's chat usage-limit answer, or ``""``.
+
+    The pre-Aug-2026 409 body is ``{"message": "Chat usage limit exceeded.",
+    "spent_micros": int, "limit_micros": int, "resets_at": RFC 3339}``; amounts
+    are millionths of a US dollar. Missing or malformed fields are left out.
+    """
+    parts = []
+    spent, limit = body.get("spent_micros"), body.get("limit_micros")
+    if _is_int(spent) and _is_int(limit):
+        parts.append(f"{_dollars(spent)} of the {_dollars(limit)} limit has been used.")
+    resets = _readable_time(body.get("resets_at"))
+    if resets:
+        parts.append(f"The limit resets at {resets}.")
+    return " ".join(parts)
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dollars(micros: int) -> str:
+    return f"${micros / 1_000_000:,.2f}"
+
+
+def _readable_time(value: Any) -> str:
+    """An RFC 3339 time as ``2026-08-01 00:00 UTC``; other strings as given; else ``""``."""
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return " ".join(value.split())[:64]
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _describe_validations(value: Any) -> str:

@@ -117,7 +117,7 @@ encryption_keys = ["env:CODER_BRIDGE_KEY"]
 url = "{self.coder_url}"
 template = "{s.get("template", "tasks-docker")}"
 preset = "{s.get("preset", "")}"
-api = "tasks"
+api = "{s.get("api", "auto")}"
 timeout = {s.get("coder_timeout", 2.0)}
 
 [github]

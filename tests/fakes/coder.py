@@ -6,7 +6,7 @@ PascalCase presets, and the Tasks endpoints with their validation rules.
 
 Usage::
 
-    fake = FakeCoder(mode="tasks")              # or "tasks-experimental"
+    fake = FakeCoder(mode="tasks")              # see MODES
     token = fake.add_user("alice")
     fake.add_template("default", "docker", presets=["small", {"Name": "large", "Default": True}])
     with serve_in_thread(fake.app()) as url:
@@ -14,11 +14,27 @@ Usage::
     assert len(fake.tasks_of("alice")) == 1
 
 Routes are data: ``ROUTES`` lists every endpoint once, relative to a prefix and
-tagged with a group; ``MODES`` says which URL prefixes serve each group and which
-build version the server reports. Adding the Chats API means adding ``chats``
-routes (handlers are ``FakeCoder`` methods named in the table) and modes such as
-``"both"`` (v2.37) and ``"chats"`` (v2.38+). Anything not in the active table
-answers ``404 {"message":"Route not found."}``.
+tagged with a group (``core``, ``tasks``, ``chats``); ``MODES`` says which URL
+prefixes serve each group, which groups sit behind the ``agents`` experiment
+and which build version and Chats era the server reports:
+
+* ``tasks-experimental`` (v2.28): Tasks under ``/api/experimental`` only;
+* ``tasks-gated`` (≈ v2.32): Tasks on both prefixes; experimental Chats answer
+  403 until ``enable_experiment("agents")``; legacy chat objects;
+* ``tasks`` (v2.29 - v2.36): Tasks on both prefixes, ungated experimental Chats;
+* ``both`` (v2.37): Chats on ``/api/v2`` and ``/api/experimental``, no Tasks;
+* ``chats`` (v2.38+): Chats on ``/api/v2`` only.
+
+``set_mode`` switches generation mid-test (an upgrade); state survives it.
+Chats: ``configure_chats`` (no model, the 409 usage limit, chats born in
+``error``), ``set_chat_state``, ``chats``/``chats_of``. Workspaces:
+``configure_workspaces`` (auto-advance builds after N polls), ``add_workspace``,
+``set_workspace_build``, ``workspaces``, ``workspace_preset_of``. Route names
+for ``fail_next``/``delay_next`` are the ``name`` column of ``ROUTES`` (e.g.
+``create_chat``, ``list_chats``, ``get_chat``, ``update_chat``,
+``get_organization``, ``create_workspace``, ``get_workspace_by_name``,
+``get_workspace``) and apply under every prefix. Anything not in the active
+table answers ``404 {"message":"Route not found."}``.
 
 Tests read state from their own thread while the server runs on a uvicorn
 thread: every access to state holds ``self._lock``; handlers are synchronous and
@@ -37,12 +53,13 @@ import string
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
 
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, compile_path
@@ -57,11 +74,62 @@ RATE_LIMITED: Final = "You've been rate limited for sending more than 512 reques
 NAME_IN_USE: Final = "This value is already in use and should be unique."
 NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"
 VERSION_HEADER: Final = "X-Coder-Build-Version"
+AGENTS_GATE: Final = "Chat functionality requires enabling the 'agents' experiment."
+NOT_A_MEMBER: Final = "You are not a member of the specified organization."
+NO_MODEL: Final = "No default chat model config is configured."
+WORKSPACE_NOT_FOUND: Final = "Workspace not found or you do not have access to this resource"
+USAGE_LIMIT: Final = "Chat usage limit exceeded."
+CHAT_STATUSES: Final = frozenset(
+    {
+        "waiting",
+        "pending",
+        "running",
+        "paused",
+        "completed",
+        "error",
+        "requires_action",
+        "interrupting",
+    }
+)
 
 _NAME_RE: Final = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _SECRET_ALPHABET: Final = string.ascii_letters + string.digits
 _QUERY_TERM: Final = re.compile(r'(?:([^\s:]+):)?("[^"]*"|\S+)')
+_LABEL_KEY: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]*$")
+_LEGACY_CHAT_KEYS: Final = (
+    "id",
+    "owner_id",
+    "workspace_id",
+    "build_id",
+    "agent_id",
+    "parent_chat_id",
+    "root_chat_id",
+    "last_model_config_id",
+    "title",
+    "status",
+    "last_error",
+    "diff_status",
+    "created_at",
+    "updated_at",
+    "archived",
+    "pin_order",
+    "mcp_server_ids",
+    "labels",
+    "has_unread",
+)
+_BUILD_JOB_STATUS: Final = {
+    "pending": "pending",
+    "starting": "running",
+    "running": "succeeded",
+    "failed": "failed",
+    "canceling": "canceling",
+    "canceled": "canceled",
+    "stopping": "running",
+    "stopped": "succeeded",
+    "deleting": "running",
+    "deleted": "succeeded",
+}
 
 
 # --- the route table ---------------------------------------------------------------------------
@@ -95,28 +163,65 @@ ROUTES: tuple[FakeRoute, ...] = (
         "core",
     ),
     FakeRoute("GET", "/templateversions/{version}/presets", "list_presets", "_presets", "core"),
+    FakeRoute("GET", "/organizations/{organization}", "get_organization", "_get_org", "core"),
+    FakeRoute("POST", "/users/{user}/workspaces", "create_workspace", "_create_workspace", "core"),
+    FakeRoute(
+        "GET",
+        "/users/{user}/workspace/{workspace}",
+        "get_workspace_by_name",
+        "_get_workspace_by_name",
+        "core",
+    ),
+    FakeRoute("GET", "/workspaces/{workspace}", "get_workspace", "_get_workspace", "core"),
     FakeRoute("GET", "/tasks", "list_tasks", "_list_tasks", "tasks"),
     FakeRoute("POST", "/tasks/{user}", "create_task", "_create_task", "tasks"),
     FakeRoute("GET", "/tasks/{user}/{task}", "get_task", "_get_task", "tasks"),
     FakeRoute("DELETE", "/tasks/{user}/{task}", "delete_task", "_delete_task", "tasks"),
+    FakeRoute("POST", "/chats", "create_chat", "_create_chat", "chats"),
+    FakeRoute("GET", "/chats", "list_chats", "_list_chats", "chats"),
+    FakeRoute("GET", "/chats/{chat}", "get_chat", "_get_chat", "chats"),
+    FakeRoute("PATCH", "/chats/{chat}", "update_chat", "_update_chat", "chats"),
 )
 
 
 @dataclass(frozen=True)
 class ModeSpec:
-    """What one server generation serves: build version and group → URL prefixes."""
+    """What one server generation serves: build version and group → URL prefixes.
+
+    ``gated`` groups answer 403 (the ``agents`` experiment message) until the
+    experiment is enabled (``FakeCoder.enable_experiment("agents")``).
+    ``chat_era`` shapes the Chats API: ``"legacy"`` (≈ Mar to early Jul 2026: a
+    new chat starts ``pending``, ``last_error`` is a string or ``null``, the
+    smaller object, ``organization_id`` ignored) or ``"current"`` (starts
+    ``running``, ``last_error`` an object or absent, ``organization_id`` required).
+    """
 
     version: str
     prefixes: Mapping[str, tuple[str, ...]]
+    gated: tuple[str, ...] = ()
+    chat_era: str = "current"
 
+
+_V2: Final = "/api/v2"
+_EXP: Final = "/api/experimental"
 
 MODES: dict[str, ModeSpec] = {
     # <= v2.28: Tasks only under the experimental prefix.
-    "tasks-experimental": ModeSpec(
-        "v2.28.3", {"core": ("/api/v2",), "tasks": ("/api/experimental",)}
+    "tasks-experimental": ModeSpec("v2.28.3", {"core": (_V2,), "tasks": (_EXP,)}),
+    # ≈ v2.31 - v2.33.0: Tasks, and experimental Chats behind the 'agents' experiment.
+    "tasks-gated": ModeSpec(
+        "v2.32.0",
+        {"core": (_V2,), "tasks": (_V2, _EXP), "chats": (_EXP,)},
+        gated=("chats",),
+        chat_era="legacy",
     ),
-    # v2.29 - v2.36: /api/v2/tasks, with the experimental alias kept.
-    "tasks": ModeSpec("v2.36.1", {"core": ("/api/v2",), "tasks": ("/api/v2", "/api/experimental")}),
+    # v2.29 - v2.36: /api/v2/tasks with the experimental alias kept; from ≈ v2.33.1
+    # ungated experimental Chats as well.
+    "tasks": ModeSpec("v2.36.1", {"core": (_V2,), "tasks": (_V2, _EXP), "chats": (_EXP,)}),
+    # v2.37.x: Tasks removed; Chats on /api/v2 and (one release) /api/experimental.
+    "both": ModeSpec("v2.37.2", {"core": (_V2,), "chats": (_V2, _EXP)}),
+    # v2.38+: Chats on /api/v2 only.
+    "chats": ModeSpec("v2.38.0", {"core": (_V2,), "chats": (_V2,)}),
 }
 
 
@@ -167,6 +272,34 @@ class FakeTemplate:
 
 
 @dataclass
+class ChatSwitches:
+    """Server-side conditions of the Chats API that tests switch on and off.
+
+    ``model_configured=False``: create answers 400 with the no-model message.
+    ``usage_limit``: create answers the pre-Aug-2026 409 body (``spent_micros``,
+    ``limit_micros``, ``resets_at``). ``fail_new_chats``: a created chat comes back
+    already in ``error`` with this ``last_error`` message (``last_error_kind``).
+    """
+
+    model_configured: bool = True
+    usage_limit: tuple[int, int, str] | None = None
+    fail_new_chats: str | None = None
+    last_error_kind: str = "config"
+
+
+@dataclass
+class WorkspaceSwitches:
+    """How first builds behave: ``auto_advance_after`` polls of ``GET /workspaces/{id}``
+    move a pending build to ``final_status`` (``None``: only ``set_workspace_build``
+    moves it); ``build_error`` is the job error shown when the final status is ``failed``.
+    """
+
+    auto_advance_after: int | None = None
+    final_status: str = "running"
+    build_error: str = "terraform apply: exit status 1"
+
+
+@dataclass
 class _Fault:
     route: str
     status: int
@@ -190,7 +323,7 @@ class Call:
 
     method: str
     params: dict[str, str]
-    query: Mapping[str, str]
+    query: QueryParams
     body: bytes
     user: FakeUser | None
     base_url: str
@@ -214,6 +347,15 @@ class FakeCoder:
         self._templates: dict[str, FakeTemplate] = {}
         self._tasks: dict[str, dict[str, Any]] = {}
         self._task_presets: dict[str, str | None] = {}
+        self._chats: dict[str, dict[str, Any]] = {}
+        self._workspaces: dict[str, dict[str, Any]] = {}
+        self._workspace_polls: dict[str, int] = {}
+        self._workspace_presets: dict[str, str | None] = {}
+        self._experiments: set[str] = set()
+        self._gated: frozenset[str] = frozenset()
+        self.chat_era = "current"
+        self.chat_switches = ChatSwitches()
+        self.workspace_switches = WorkspaceSwitches()
         self._faults: list[_Fault] = []
         self._delays: list[_Delay] = []
         self._requests: list[tuple[str, str]] = []
@@ -236,6 +378,8 @@ class FakeCoder:
         with self._lock:
             self.mode = mode
             self.version = version or spec.version
+            self.chat_era = spec.chat_era
+            self._gated = frozenset(spec.gated)
             self._table = table
 
     def app(self) -> Starlette:
@@ -351,6 +495,61 @@ class FakeCoder:
                     "uri": "",
                 }
 
+    def enable_experiment(self, name: str) -> None:
+        """Turn on a server experiment (``"agents"`` opens gated experimental Chats)."""
+        with self._lock:
+            self._experiments.add(name)
+
+    def configure_chats(self, **changes: Any) -> None:
+        """Change ``chat_switches`` (see ``ChatSwitches``), e.g. ``model_configured=False``."""
+        with self._lock:
+            self.chat_switches = replace(self.chat_switches, **changes)
+
+    def configure_workspaces(self, **changes: Any) -> None:
+        """Change ``workspace_switches`` (see ``WorkspaceSwitches``)."""
+        with self._lock:
+            self.workspace_switches = replace(self.workspace_switches, **changes)
+
+    def set_chat_state(
+        self,
+        chat: str,
+        status: str,
+        *,
+        last_error: str | Mapping[str, Any] | None = None,
+        summary: str | None = None,
+        updated_at: datetime | None = None,
+        archived: bool | None = None,
+    ) -> None:
+        """Move a chat along: new ``status``, ``last_error`` (a message or a ChatError
+        object; rendered per era), optional ``last_turn_summary`` and ``updated_at``
+        (default: now), and ``archived``."""
+        with self._lock:
+            record = self._chats[chat]
+            record["status"] = status
+            record["last_error"] = _chat_error(last_error)
+            if summary is not None:
+                record["last_turn_summary"] = summary
+            if archived is not None:
+                record["archived"] = archived
+            record["updated_at"] = _stamp(updated_at) if updated_at else _now()
+
+    def add_workspace(
+        self, username: str, name: str, template: FakeTemplate, *, status: str = "running"
+    ) -> dict[str, Any]:
+        """A workspace that already exists (e.g. made by hand); returns a copy of it."""
+        with self._lock:
+            owner = self._require_user(username)
+            record = self._new_workspace(owner, template, name, None)
+            _set_build(record, status, "")
+            self._workspaces[record["id"]] = record
+            return copy.deepcopy(record)
+
+    def set_workspace_build(self, workspace: str, status: str, *, error: str = "") -> None:
+        """Set the latest build's ``status`` (and the matching ``job.status``/``job.error``)
+        of a workspace given by id or name."""
+        with self._lock:
+            _set_build(self._workspace_by_id_or_name(workspace), status, error)
+
     # --- failure injection ---------------------------------------------------------------------
 
     def fail_next(
@@ -420,6 +619,33 @@ class FakeCoder:
         with self._lock:
             return self._task_presets.get(self._task_by_id_or_name(task)["id"])
 
+    @property
+    def chats(self) -> list[dict[str, Any]]:
+        """Copies of every chat in the current wire form (``get`` shape), oldest first."""
+        with self._lock:
+            return [self._chat_json(c, detail=True) for c in self._chats.values()]
+
+    def chats_of(self, username: str) -> list[dict[str, Any]]:
+        """Copies of the chats owned by ``username``."""
+        with self._lock:
+            owner = self._require_user(username)
+            return [
+                self._chat_json(c, detail=True)
+                for c in self._chats.values()
+                if c["owner_id"] == owner.id
+            ]
+
+    @property
+    def workspaces(self) -> list[dict[str, Any]]:
+        """Copies of every workspace (wire form), oldest first."""
+        with self._lock:
+            return [copy.deepcopy(w) for w in self._workspaces.values()]
+
+    def workspace_preset_of(self, workspace: str) -> str | None:
+        """The ``Name`` of the preset a workspace (id or name) was created with, or ``None``."""
+        with self._lock:
+            return self._workspace_presets.get(self._workspace_by_id_or_name(workspace)["id"])
+
     # --- HTTP plumbing ------------------------------------------------------------------------
 
     async def _dispatch(self, request: Request) -> Response:
@@ -465,6 +691,8 @@ class FakeCoder:
                 if isinstance(outcome, Response):
                     return outcome
                 user = outcome
+            if route.group in self._gated and "agents" not in self._experiments:
+                return _error(403, AGENTS_GATE)
             handler: Callable[[Call], Response] = getattr(self, route.handler)
             call = Call(
                 method=request.method,
@@ -710,6 +938,366 @@ class FakeCoder:
         del self._tasks[task["id"]]
         return Response(status_code=202)
 
+    # --- handlers: organizations and workspaces (coder-chats.md section 9.1) -------------------
+
+    def _get_org(self, call: Call) -> Response:
+        assert call.user is not None
+        org = self._org_by_name_or_id(call.params["organization"])
+        if org is None or org.id not in call.user.organization_ids:
+            return _error(404, RESOURCE_NOT_FOUND)
+        return _json(
+            200,
+            {
+                "id": org.id,
+                "name": org.name,
+                "display_name": org.name.capitalize(),
+                "description": "",
+                "icon": "",
+                "is_default": org.name == "default",
+                "created_at": _now(),
+                "updated_at": _now(),
+            },
+        )
+
+    def _create_workspace(self, call: Call) -> Response:
+        assert call.user is not None
+        req = _json_object(call.body)
+        if isinstance(req, Response):
+            return req
+        problem = _template_choice_problem(req) or _workspace_name_problem(req)
+        if problem is not None:
+            return problem
+        ref = call.params["user"]
+        owner = self._resolve_user(ref, call.user)
+        if owner is None:
+            return _error(400, '"user" must be an existing uuid or username.')
+        template = self._template_for_workspace(req, call.user)
+        if isinstance(template, Response):
+            return template
+        if owner.id != call.user.id:
+            return _error(
+                403, "Unauthorized to create workspace.", detail="you may only act for yourself"
+            )
+        name = str(req["name"])
+        if self._name_taken(owner, name):
+            return _error(
+                409,
+                f'Workspace "{name}" already exists.',
+                validations=[{"field": "name", "detail": NAME_IN_USE}],
+            )
+        preset_id = str(req.get("template_version_preset_id") or NIL_UUID)
+        preset = next((p for p in template.presets if p["ID"] == preset_id), None)
+        if preset_id != NIL_UUID and preset is None:
+            detail = "insert workspace build"
+            return _error(500, "Internal error creating workspace.", detail=detail)
+        workspace = self._new_workspace(owner, template, name, preset)
+        self._workspaces[workspace["id"]] = workspace
+        self._workspace_presets[workspace["id"]] = preset["Name"] if preset else None
+        return _json(201, copy.deepcopy(workspace))
+
+    def _template_for_workspace(
+        self, req: dict[str, Any], caller: FakeUser
+    ) -> FakeTemplate | Response:
+        """The template named by ``template_id`` or ``template_version_id``, if visible."""
+        template_id = str(req.get("template_id") or NIL_UUID)
+        if template_id != NIL_UUID:
+            template = self._templates.get(template_id.lower())
+            field, label, ref = "template_id", "Template", template_id
+        else:
+            ref = str(req.get("template_version_id"))
+            template = self._template_by_version(ref)
+            field, label = "template_version_id", "Template version"
+        if template is None or template.organization_id not in caller.organization_ids:
+            return _error(
+                400,
+                f'{label} "{ref}" doesn\'t exist.',
+                validations=[{"field": field, "detail": "template not found"}],
+            )
+        return template
+
+    def _name_taken(self, owner: FakeUser, name: str) -> bool:
+        """Workspace names (tasks included) are unique per owner, case-insensitively."""
+        wanted = name.lower()
+        return any(
+            w["owner_id"] == owner.id and w["name"].lower() == wanted
+            for w in self._workspaces.values()
+        ) or any(
+            t["owner_id"] == owner.id and t["name"].lower() == wanted for t in self._tasks.values()
+        )
+
+    def _new_workspace(
+        self,
+        owner: FakeUser,
+        template: FakeTemplate,
+        name: str,
+        preset: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        now = _now()
+        org = self._orgs[template.organization_id]
+        return {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "owner_id": owner.id,
+            "owner_name": owner.username,
+            "organization_id": org.id,
+            "organization_name": org.name,
+            "template_id": template.id,
+            "template_name": template.name,
+            "template_display_name": template.display_name,
+            "template_active_version_id": template.active_version_id,
+            "outdated": False,
+            "automatic_updates": "never",
+            "health": {"healthy": True, "failing_agents": []},
+            "favorite": False,
+            "allow_renames": False,
+            "created_at": now,
+            "updated_at": now,
+            "last_used_at": now,
+            "latest_build": {
+                "id": str(uuid.uuid4()),
+                "build_number": 1,
+                "transition": "start",
+                "status": "pending",
+                "reason": "initiator",
+                "initiator_id": owner.id,
+                "template_version_id": template.active_version_id,
+                "template_version_name": "v1",
+                "template_version_preset_id": preset["ID"] if preset else None,
+                "job": {
+                    "id": str(uuid.uuid4()),
+                    "status": "pending",
+                    "error": "",
+                    "error_code": "",
+                    "queue_position": 0,
+                    "queue_size": 0,
+                    "created_at": now,
+                },
+                "resources": [],
+                "matched_provisioners": {"count": 1, "available": 1},
+                "created_at": now,
+            },
+        }
+
+    def _get_workspace_by_name(self, call: Call) -> Response:
+        assert call.user is not None
+        owner = self._resolve_user(call.params["user"], call.user)
+        if owner is None:
+            return _error(400, '"user" must be an existing uuid or username.')
+        wanted = call.params["workspace"].lower()
+        found = next(
+            (
+                w
+                for w in self._workspaces.values()
+                if w["owner_id"] == owner.id and w["name"].lower() == wanted
+            ),
+            None,
+        )
+        if found is None or found["owner_id"] != call.user.id:
+            return _error(404, RESOURCE_NOT_FOUND)
+        return _json(200, copy.deepcopy(found))
+
+    def _get_workspace(self, call: Call) -> Response:
+        assert call.user is not None
+        ref = call.params["workspace"]
+        if not _is_uuid(ref):
+            return _error(400, f'Invalid UUID "{ref}".')
+        found = self._workspaces.get(ref.lower())
+        if found is None or found["owner_id"] != call.user.id:
+            return _error(404, RESOURCE_NOT_FOUND)
+        self._maybe_advance(found)
+        return _json(200, copy.deepcopy(found))
+
+    def _maybe_advance(self, workspace: dict[str, Any]) -> None:
+        """Count a poll; with ``auto_advance_after`` set, finish a pending/starting build."""
+        switches = self.workspace_switches
+        polls = self._workspace_polls.get(workspace["id"], 0) + 1
+        self._workspace_polls[workspace["id"]] = polls
+        if switches.auto_advance_after is None:
+            return
+        if workspace["latest_build"]["status"] not in ("pending", "starting"):
+            return
+        if polls >= switches.auto_advance_after:
+            error = switches.build_error if switches.final_status == "failed" else ""
+            _set_build(workspace, switches.final_status, error)
+        else:
+            _set_build(workspace, "starting", "")
+
+    # --- handlers: chats (coder-chats.md sections 4 - 8) -------------------------------------
+
+    def _create_chat(self, call: Call) -> Response:
+        assert call.user is not None
+        req = _json_object(call.body)
+        if isinstance(req, Response):
+            return req
+        org_id: str | None = None
+        if self.chat_era == "current":
+            checked = self._chat_org(req, call.user)
+            if isinstance(checked, Response):
+                return checked
+            org_id = checked
+        problem = (
+            _content_problem(req.get("content"))
+            or _labels_problem(req.get("labels"))
+            or self._chat_workspace_problem(req.get("workspace_id"), call.user)
+            or self._chat_policy_problem()
+        )
+        if problem is not None:
+            return problem
+        chat = self._new_chat(req, call.user, org_id)
+        self._chats[chat["id"]] = chat
+        return _json(201, self._chat_json(chat, detail=True))
+
+    def _chat_org(self, req: dict[str, Any], caller: FakeUser) -> str | Response:
+        raw = req.get("organization_id")
+        if raw in (None, "", NIL_UUID):
+            return _error(400, "organization_id is required.")
+        if not isinstance(raw, str) or not _is_uuid(raw):
+            return _error(
+                400, "Request body must be valid JSON.", detail="organization_id: invalid UUID"
+            )
+        org = self._orgs.get(raw.lower())
+        if org is None or org.id not in caller.organization_ids:
+            return _error(403, NOT_A_MEMBER)
+        return org.id
+
+    def _chat_workspace_problem(self, raw: Any, caller: FakeUser) -> Response | None:
+        if raw in (None, "", NIL_UUID):
+            return None
+        found = self._workspaces.get(str(raw).lower())
+        if found is None or found["owner_id"] != caller.id:
+            return _error(400, WORKSPACE_NOT_FOUND)
+        return None
+
+    def _chat_policy_problem(self) -> Response | None:
+        switches = self.chat_switches
+        if not switches.model_configured:
+            return _error(400, NO_MODEL)
+        if switches.usage_limit is not None:
+            spent, limit, resets_at = switches.usage_limit
+            body = {
+                "message": USAGE_LIMIT,
+                "spent_micros": spent,
+                "limit_micros": limit,
+                "resets_at": resets_at,
+            }
+            return _json(409, body)
+        return None
+
+    def _new_chat(self, req: dict[str, Any], owner: FakeUser, org_id: str | None) -> dict[str, Any]:
+        now = _now()
+        chat_id = str(uuid.uuid4())
+        text = " ".join(str(p.get("text") or "") for p in req["content"] if p.get("type") == "text")
+        failure = self.chat_switches.fail_new_chats
+        status = "pending" if self.chat_era == "legacy" else "running"
+        last_error = None
+        if failure is not None:
+            status = "error"
+            kind = self.chat_switches.last_error_kind
+            last_error = _chat_error({"message": failure, "kind": kind})
+        workspace_id = req.get("workspace_id")
+        return {
+            "id": chat_id,
+            "organization_id": org_id or self.default_org_id,
+            "owner_id": owner.id,
+            "owner_username": owner.username,
+            "owner_name": owner.username.capitalize(),
+            "title": _chat_title(text),
+            "status": status,
+            "last_error": last_error,
+            "workspace_id": workspace_id if workspace_id not in ("", NIL_UUID) else None,
+            "build_id": None,
+            "agent_id": None,
+            "parent_chat_id": None,
+            "root_chat_id": None,
+            "last_model_config_id": str(uuid.uuid4()),
+            "last_turn_summary": None,
+            "summary": None,
+            "diff_status": None,
+            "created_at": now,
+            "updated_at": now,
+            "archived": False,
+            "shared": False,
+            "pin_order": 0,
+            "mcp_server_ids": list(req.get("mcp_server_ids") or []),
+            "labels": dict(req.get("labels") or {}),
+            "has_unread": False,
+            "client_type": str(req.get("client_type") or "api"),
+            "files": [],
+            "queued_for_capacity": False,
+            "warnings": [],
+            "children": [],
+        }
+
+    def _list_chats(self, call: Call) -> Response:
+        assert call.user is not None
+        chats = [c for c in self._chats.values() if c["owner_id"] == call.user.id]
+        archived = False
+        for key, value in _parse_query(call.query.get("q", ""), default_key="search"):
+            if key == "archived" and value in ("true", "false"):
+                archived = value == "true"
+            else:
+                return _error(400, "Invalid chat search query.")
+        chats = [c for c in chats if c["archived"] is archived and c["parent_chat_id"] is None]
+        for raw in call.query.getlist("label"):
+            key, sep, value = raw.partition(":")
+            if not (sep and key and value):
+                return _error(
+                    400,
+                    f'Invalid label filter: "{raw}" (expected format key:value, '
+                    "both must be non-empty)",
+                )
+            chats = [c for c in chats if c["labels"].get(key) == value]
+        chats.reverse()  # newest first
+        window = _window(call.query, len(chats))
+        if isinstance(window, Response):
+            return window
+        start, stop = window
+        return _json(200, [self._chat_json(c, detail=False) for c in chats[start:stop]])
+
+    def _get_chat(self, call: Call) -> Response:
+        chat = self._visible_chat(call)
+        if isinstance(chat, Response):
+            return chat
+        return _json(200, self._chat_json(chat, detail=True))
+
+    def _update_chat(self, call: Call) -> Response:
+        chat = self._visible_chat(call)
+        if isinstance(chat, Response):
+            return chat
+        req = _json_object(call.body)
+        if isinstance(req, Response):
+            return req
+        if "labels" in req and (problem := _labels_problem(req["labels"])):
+            return problem
+        for key in ("title", "archived", "pin_order", "labels", "workspace_id"):
+            if key in req:
+                chat[key] = req[key] if key != "labels" else dict(req[key] or {})
+        chat["updated_at"] = _now()
+        return Response(status_code=204)
+
+    def _visible_chat(self, call: Call) -> dict[str, Any] | Response:
+        assert call.user is not None
+        ref = call.params["chat"]
+        if not _is_uuid(ref):
+            return _error(400, f'Invalid UUID "{ref}".')
+        chat = self._chats.get(ref.lower())
+        if chat is None or chat["owner_id"] != call.user.id:
+            return _error(404, RESOURCE_NOT_FOUND)
+        return chat
+
+    def _chat_json(self, chat: dict[str, Any], *, detail: bool) -> dict[str, Any]:
+        """A chat as this server generation sends it (``detail``: create/get-one shape)."""
+        body = copy.deepcopy(chat)
+        if self.chat_era == "legacy":
+            error = body["last_error"]
+            body["last_error"] = error["message"] if error else None
+            return {key: body[key] for key in _LEGACY_CHAT_KEYS}
+        if body["last_error"] is None:
+            del body["last_error"]
+        if not detail:
+            del body["files"], body["queued_for_capacity"]
+        return body
+
     # --- lookups (call with the lock held) ---------------------------------------------------
 
     def _visible_task(self, call: Call) -> dict[str, Any] | None:
@@ -738,6 +1326,12 @@ class FakeCoder:
         for task in self._tasks.values():
             if ref in (task["id"], task["name"]):
                 return task
+        raise KeyError(ref)
+
+    def _workspace_by_id_or_name(self, ref: str) -> dict[str, Any]:
+        for workspace in self._workspaces.values():
+            if ref in (workspace["id"], workspace["name"]):
+                return workspace
         raise KeyError(ref)
 
     def _resolve_user(self, ref: str, caller: FakeUser | None) -> FakeUser | None:
@@ -874,6 +1468,118 @@ def _preset(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     return base
 
 
+def _json_object(body: bytes) -> dict[str, Any] | Response:
+    """The request body as a JSON object, or Coder's 400 for anything else."""
+    try:
+        req = json.loads(body or b"null")
+    except ValueError as exc:
+        return _error(400, "Request body must be valid JSON.", detail=str(exc))
+    if not isinstance(req, dict):
+        return _error(400, "Request body must be valid JSON.", detail="expected an object")
+    return req
+
+
+def _template_choice_problem(req: Mapping[str, Any]) -> Response | None:
+    """Exactly one of ``template_id``/``template_version_id`` (the nil uuid counts as absent)."""
+    present = [
+        field
+        for field in ("template_id", "template_version_id")
+        if str(req.get(field) or NIL_UUID) != NIL_UUID
+    ]
+    if len(present) == 1:
+        return None
+    tag = "required_without" if not present else "excluded_with"
+    validations = [
+        {"field": field, "detail": f'Validation failed for tag "{tag}" with value: "{value}"'}
+        for field in ("template_id", "template_version_id")
+        for value in (req.get(field) or NIL_UUID,)
+    ]
+    return _error(400, "Validation failed.", validations=validations)
+
+
+def _workspace_name_problem(req: Mapping[str, Any]) -> Response | None:
+    name = req.get("name")
+    if isinstance(name, str) and _name_problem(name) is None:
+        return None
+    detail = f'Validation failed for tag "workspace_name" with value: "{name or ""}"'
+    return _error(400, "Validation failed.", validations=[{"field": "name", "detail": detail}])
+
+
+def _content_problem(content: Any) -> Response | None:
+    """Create-chat ``content``: at least one part; text parts must not be blank."""
+    if not isinstance(content, list) or not content:
+        return _error(400, "Content is required.", detail="Content cannot be empty.")
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not str(part.get("text") or "").strip():
+                detail = f"content[{i}].text cannot be empty."
+                return _error(400, "Invalid input part.", detail=detail)
+        elif kind not in ("file", "file-reference"):
+            return _error(400, "Invalid input part.", detail=f"content[{i}].type is not supported.")
+    return None
+
+
+def _labels_problem(labels: Any) -> Response | None:
+    """``chatlabels.go``: ≤ 50 entries; key 1-64 bytes matching the pattern; value 1-256 bytes."""
+    if labels is None:
+        return None
+    problems: list[str] = []
+    if not isinstance(labels, dict):
+        problems.append("labels must be an object of strings")
+    else:
+        if len(labels) > 50:
+            problems.append(f"too many labels ({len(labels)}; at most 50)")
+        for key, value in labels.items():
+            if len(key.encode()) > 64 or not _LABEL_KEY.match(key):
+                problems.append(f"label key {key!r} is invalid")
+            if not isinstance(value, str) or not value or len(value.encode()) > 256:
+                problems.append(f"label value for {key!r} must be 1-256 bytes")
+    if not problems:
+        return None
+    validations = [{"field": "labels", "detail": p} for p in problems]
+    return _error(400, "Invalid labels.", validations=validations)
+
+
+def _window(query: QueryParams, total: int) -> tuple[int, int] | Response:
+    """``offset``/``limit`` of a chat listing as slice bounds (limit defaults to 50)."""
+    try:
+        offset = int(query.get("offset", "0"))
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        return _error(400, "Query parameters have invalid values.")
+    if offset < 0 or limit < 0:
+        return _error(400, "Query parameters have invalid values.")
+    return offset, min(total, offset + (limit or 50))
+
+
+def _chat_title(text: str) -> str:
+    words = text.split()
+    title = " ".join(words[:6]) + ("…" if len(words) > 6 else "")
+    return title[:80] or "New Chat"
+
+
+def _chat_error(value: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The stored ChatError object for a message or a partial object."""
+    if value is None:
+        return None
+    error: dict[str, Any] = {"message": "", "kind": "generic", "retryable": False}
+    error.update({"message": value} if isinstance(value, str) else dict(value))
+    return error
+
+
+def _set_build(workspace: dict[str, Any], status: str, error: str) -> None:
+    build = workspace["latest_build"]
+    build["status"] = status
+    build["job"]["status"] = _BUILD_JOB_STATUS.get(status, status)
+    build["job"]["error"] = error
+    workspace["updated_at"] = _now()
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _fault_response(fault: _Fault) -> Response:
     if isinstance(fault.body, str):
         response: Response = Response(fault.body, status_code=fault.status, media_type="text/html")
@@ -925,16 +1631,18 @@ def _is_uuid(value: str) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _stamp(datetime.now(UTC))
 
 
 __all__ = [
     "MODES",
     "ROUTES",
     "Call",
+    "ChatSwitches",
     "FakeCoder",
     "FakeRoute",
     "FakeTemplate",
     "ModeSpec",
+    "WorkspaceSwitches",
     "new_token",
 ]
