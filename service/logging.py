@@ -9,12 +9,14 @@ name, and by the shapes of the tokens we handle wherever they appear in text.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
 
+import orjson
 import structlog
 
 REDACTED = "[redacted]"
@@ -23,23 +25,37 @@ _SENSITIVE_KEY = re.compile(
     r"encryption[_-]?keys?|credential",
     re.IGNORECASE,
 )
-_SECRET_SHAPES = re.compile(
-    r"(?:\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b"  # Coder API token
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
-    r"|\bgithub_pat_[A-Za-z0-9_]{20,}"
-    r"|\blin_(?:api|oauth)_[A-Za-z0-9]{20,}"  # Linear keys
-    r"|(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}"  # Authorization header values
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----)"
+# Each secret shape with a cheap hint that must be present for it to match; this runs on
+# every string of every log line, so the patterns only run where they could match.
+_SECRET_SHAPES: tuple[tuple[Callable[[str], bool], re.Pattern[str]], ...] = (
+    (lambda t: "-" in t, re.compile(r"\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b")),  # Coder token
+    (lambda t: "gh" in t, re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}")),
+    (lambda t: "lin_" in t, re.compile(r"\blin_(?:api|oauth)_[A-Za-z0-9]{20,}")),  # Linear
+    (lambda t: "earer" in t or "EARER" in t or "oken" in t or "OKEN" in t,
+     re.compile(r"(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}")),  # Authorization values
+    (lambda t: "PRIVATE KEY" in t,
+     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
 )
+_SHORTEST_SECRET = 12
 
 
 def redact_text(text: str) -> str:
     """``text`` with every token-shaped substring replaced by ``[redacted]``."""
-    return _SECRET_SHAPES.sub(REDACTED, text)
+    if len(text) < _SHORTEST_SECRET:
+        return text
+    for hint, pattern in _SECRET_SHAPES:
+        if hint(text):
+            text = pattern.sub(REDACTED, text)
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_key(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
 
 
 def _redact_value(key: str, value: Any) -> Any:
-    if _SENSITIVE_KEY.search(key) and value not in (None, "", [], {}):
+    if _is_sensitive_key(key) and value not in (None, "", [], {}):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
@@ -68,41 +84,52 @@ def _redact_exception(
     return event_dict
 
 
-def configure_logging(*, json_output: bool | None = None, level: str = "INFO") -> None:
-    """Set up structlog and route the standard library's records through the same chain."""
+def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The final processor: one JSON object (orjson, ~10x faster than ``json.dumps``)."""
+    return orjson.dumps(event_dict, default=repr).decode()
+
+
+def configure_logging(
+    *, json_output: bool | None = None, level: str = "INFO", stream: TextIO | None = None
+) -> None:
+    """Set up structlog, and route the standard library's records through the same chain.
+
+    Our own lines go through structlog's native logger straight to ``stream``
+    (stderr by default), filtered by level before any work is done: a
+    stdlib-backed structlog line cost a fifth of a webhook request. Records of
+    the standard library (uvicorn, asyncio) go through a ``ProcessorFormatter``
+    with the same processors, so both look alike.
+    """
+    out = sys.stderr if stream is None else stream
     if json_output is None:
-        json_output = not sys.stderr.isatty()
+        json_output = not out.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_output
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    final: list[Any] = (
-        [structlog.processors.format_exc_info, _redact_exception]
-        if json_output else []
-    )
+    renderer: Any
+    finish: list[Any]
+    if json_output:
+        renderer = _render_json
+        finish = [structlog.processors.format_exc_info, _redact_exception]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        finish = []
+    numeric_level = logging.getLevelName(level)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *finish, renderer],
+        logger_factory=structlog.WriteLoggerFactory(out),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *final,
-            renderer,
-        ],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish,
+                    renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -116,5 +143,6 @@ def configure_logging(*, json_output: bool | None = None, level: str = "INFO") -
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger; bind per-request/per-job values through ``structlog.contextvars``."""
-    return structlog.get_logger(name)
+    """A structlog logger named ``name`` (the ``logger`` key of every line); bind
+    per-request/per-job values through ``structlog.contextvars``."""
+    return structlog.get_logger().bind(logger=name)

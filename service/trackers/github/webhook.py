@@ -26,9 +26,6 @@ Policy decisions:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -38,6 +35,7 @@ from service.core.events import Decision, Ignored, IssueEvent, Person, Ping, Tri
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.payload import (
     Payload,
+    decode_object,
 )
 from service.trackers.payload import (
     as_object as _as_object,
@@ -49,14 +47,12 @@ from service.trackers.payload import (
     header as _header,
 )
 from service.trackers.payload import (
-    json_type as _json_type,
-)
-from service.trackers.payload import (
     optional as _optional,
 )
 from service.trackers.payload import (
     required_object as _object,
 )
+from service.trackers.signing import signature_matches
 
 SIGNATURE_HEADER = "x-hub-signature-256"
 DELIVERY_HEADER = "x-github-delivery"
@@ -140,13 +136,7 @@ def verify_github_signature(
     match = _SIGNATURE_RE.fullmatch(value.strip())
     if match is None:
         raise SignatureError("malformed X-Hub-Signature-256 header (expected sha256=<hex>)")
-    received = match.group(1).lower().encode("ascii")
-    matched = False
-    for secret in usable:
-        expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-        # No early exit: every secret is compared, whatever the outcome.
-        matched |= hmac.compare_digest(expected.encode("ascii"), received)
-    if not matched:
+    if not signature_matches(body, match.group(1), usable):
         raise SignatureError("X-Hub-Signature-256 matches no configured secret")
 
 
@@ -209,13 +199,7 @@ def decode_github_body(headers: Mapping[str, str], body: bytes) -> Payload:
     """
     content_type = (_header(headers, "content-type") or "").split(";")[0].strip().lower()
     text = _form_payload(body) if content_type == "application/x-www-form-urlencoded" else body
-    try:
-        decoded = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedPayload("body is not valid JSON") from exc
-    if not isinstance(decoded, dict):
-        raise MalformedPayload(f"body is a JSON {_json_type(decoded)}, not an object")
-    return decoded
+    return decode_object(text)
 
 
 def _form_payload(body: bytes) -> str:

@@ -38,9 +38,6 @@ Policy decisions:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +47,7 @@ from service.core.events import Decision, Ignored, IssueEvent, Person, Trigger
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.payload import (
     Payload,
+    decode_object,
 )
 from service.trackers.payload import (
     as_object as _as_object,
@@ -75,6 +73,7 @@ from service.trackers.payload import (
 from service.trackers.payload import (
     typed as _typed,
 )
+from service.trackers.signing import signature_matches
 
 SIGNATURE_HEADER = "linear-signature"
 DELIVERY_HEADER = "linear-delivery"
@@ -141,13 +140,7 @@ def verify_linear_signature(
         raise SignatureError("missing Linear-Signature header")
     if _SIGNATURE_RE.fullmatch(value.strip()) is None:
         raise SignatureError("malformed Linear-Signature header (expected 64 hex digits)")
-    received = value.strip().lower().encode("ascii")
-    matched = False
-    for secret in usable:
-        expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-        # No early exit: every secret is compared, whatever the outcome.
-        matched |= hmac.compare_digest(expected.encode("ascii"), received)
-    if not matched:
+    if not signature_matches(body, value.strip(), usable):
         raise SignatureError("Linear-Signature matches no configured secret")
 
 
@@ -233,13 +226,7 @@ def parse_linear_delivery(
 
 def decode_linear_body(body: bytes) -> Payload:
     """Decode a delivery body into a JSON object; ``MalformedPayload`` for anything else."""
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedPayload("body is not valid JSON") from exc
-    if not isinstance(decoded, dict):
-        raise MalformedPayload(f"body is a JSON {_json_type(decoded)}, not an object")
-    return decoded
+    return decode_object(body)
 
 
 def _dispatch(delivery: _Delivery) -> Decision:
