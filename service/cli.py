@@ -35,7 +35,9 @@ log = get_logger("service.cli")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
+    # SUPPRESS: otherwise a subcommand's default (None) would overwrite a --config given
+    # before the subcommand name (coder-bridge --config X serve).
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="config file (default: $CODER_BRIDGE_CONFIG, else ./config.toml, "
                              "else built-in development defaults)")
     parser = argparse.ArgumentParser(
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = resolve_config_path(args.config, os.environ)
+    path = resolve_config_path(getattr(args, "config", None), os.environ)
     config = load_config(path)
     if config.is_development_default and args.command in ("serve", "check-config"):
         print("WARNING: no config file found: using built-in development defaults "

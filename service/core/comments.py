@@ -45,16 +45,15 @@ def _clip(reason: str) -> str:
 
 
 def render_task_comment(
-    work: CreatedWork, *, delegation_key: str, acting_login: str, existing: bool = False
+    work: CreatedWork, *, delegation_key: str, existing: bool = False
 ) -> str:
     """The success comment: the link to the task or chat on Coder."""
     what = "Coder task" if work.kind == "task" else "Coder Agents chat"
     lead = ("This issue already has an AI coding agent working on it"
             if existing else "An AI coding agent is working on this issue")
-    text = (
-        f"🤖 {lead}: **[open the {what}]({work.url})**\n\n"
-        f"It runs as Coder user `{work.owner_name}`, on behalf of {acting_login}."
-    )
+    text = f"🤖 {lead}: **[open the {what}]({work.url})**"
+    if work.owner_name:
+        text += f"\n\nIt runs as Coder user `{work.owner_name}`."
     return _with_marker(text, delegation_key)
 
 

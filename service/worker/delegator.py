@@ -169,10 +169,8 @@ class Delegator:
         if d.task_id is None:
             d = await self._create_task(job, event, d, key)
         account = await self.store.get_account(d.account_id) if d.account_id else None
-        login = account.coder_username if account else "?"
-        work = _work_of(d, login)
-        body = comments.render_task_comment(work, delegation_key=key, acting_login=login,
-                                            existing=existing)
+        work = _work_of(d, account.coder_username if account else "")
+        body = comments.render_task_comment(work, delegation_key=key, existing=existing)
         d = await self._comment(event, d, key, body, state="active")
         outcome = "existing" if existing else "created"
         log.info("delegation_done", outcome=outcome, task_url=work.url, issue=d.issue_key)

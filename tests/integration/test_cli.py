@@ -74,6 +74,21 @@ def test_check_config_accepts_the_example_with_its_environment(tmp_path: Path) -
     assert "configuration OK" in result.stdout
 
 
+def test_config_may_come_before_or_after_the_subcommand(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    _, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
+    env["PYTHONPATH"] = str(REPO)
+    for args in (["--config", str(config), "migrate"], ["migrate", "--config", str(config)]):
+        result = subprocess.run([sys.executable, "-m", "service", *args], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "bridge.db").exists()
+        assert not (tmp_path / "data").exists()  # not the development defaults
+
+
 def test_bad_usage_exits_2() -> None:
     assert run(None, "users", "link", "--github-id", "12").returncode == 2  # no token source
     assert run(None, "frobnicate").returncode == 2

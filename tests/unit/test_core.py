@@ -78,7 +78,8 @@ def test_task_name_is_deterministic_and_valid_for_coder() -> None:
 
 def test_comment_marker_is_hidden_and_stable() -> None:
     work = CreatedWork("task", "tid", "https://c/tasks/alice/tid", "alice", "pending")
-    body = comments.render_task_comment(work, delegation_key="k#1", acting_login="alice")
+    body = comments.render_task_comment(work, delegation_key="k#1")
+    assert "It runs as Coder user `alice`." in body
     assert body.endswith(comments.render_marker("k#1"))
     assert comments.render_marker("k#1").startswith("<!--")
     assert "https://c/tasks/alice/tid" in body

@@ -6,11 +6,20 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from service.logging import configure_logging, get_logger, redact_text
 
 CODER_TOKEN = "abcde12345-AbCdEfGhIjKlMnOpQrStUv"
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> object:
+    """configure_logging changes global state; put structlog's defaults back after each test."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
 GITHUB_TOKEN = "ghp_" + "x" * 36
 
 
@@ -53,3 +62,14 @@ def test_levels_below_the_configured_one_are_dropped() -> None:
     log.info("quiet")
     log.warning("loud")
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_a_logger_made_before_configuration_obeys_it(capsys: pytest.CaptureFixture[str]) -> None:
+    early = get_logger("early")  # as module-level loggers are, at import time
+    stream = io.StringIO()
+    configure_logging(json_output=True, stream=stream)
+    early.info("made_early", authorization="Bearer abcdefghijklmnop")
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["event"] == "made_early" and line["logger"] == "early"
+    assert line["authorization"] == "[redacted]"
+    assert capsys.readouterr().out == ""
