@@ -33,10 +33,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import aiosqlite
 
+from service.core.events import Tracker
 from service.errors import StoreError
 from service.store import (
     Migration,
@@ -176,17 +177,22 @@ LEFT JOIN jobs AS j
 LEFT JOIN delegations AS g
     ON g.id = (SELECT y.id FROM delegations AS y WHERE y.issue_key = d.issue_key
                ORDER BY y.generation DESC LIMIT 1)
-ORDER BY d.received_at DESC, d.id DESC
+ORDER BY d.id DESC
 LIMIT :limit
 """
 _REQUEUE_DELIVERY = """
 INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
 SELECT d.id, d.issue_key, :now, :now, :now FROM deliveries AS d
-WHERE d.id = (SELECT id FROM deliveries WHERE delivery_id = :delivery_id
-              ORDER BY received_at DESC, id DESC LIMIT 1)
+WHERE d.id = (SELECT id FROM deliveries
+              WHERE tracker IN ({trackers}) AND delivery_id = :delivery_id
+              ORDER BY id DESC LIMIT 1)
   AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
                   AND status IN ('queued', 'running'))
 """
+
+# IN over every tracker lets SQLite use the (tracker, delivery_id) unique key.
+_REQUEUE_DELIVERY = _REQUEUE_DELIVERY.format(
+    trackers=", ".join(f"'{tracker}'" for tracker in get_args(Tracker)))
 
 _CURRENT_DELEGATION = """
 SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,

@@ -154,13 +154,16 @@ async def test_readiness_names_an_outdated_schema_and_recovers(
     bridge: tuple[Services, httpx.AsyncClient, Clock], tmp_path: Path
 ) -> None:
     _, client, _ = bridge
-    with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        conn.execute("UPDATE schema_migrations SET version = 0")
+    db = tmp_path / "bridge.db"
+    with sqlite3.connect(db) as conn:  # as if a newer migration had not been applied
+        newest = conn.execute("SELECT * FROM schema_migrations ORDER BY version DESC").fetchone()
+        conn.execute("DELETE FROM schema_migrations WHERE version = ?", (newest[0],))
     behind = await client.get("/readyz")
     assert behind.status_code == 503 and behind.json()["failing"] == ["schema"]
     assert "coder-bridge migrate" in behind.json()["checks"]["schema"]["error"]
-    with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        conn.execute("UPDATE schema_migrations SET version = 1")
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"INSERT INTO schema_migrations VALUES ({', '.join('?' * len(newest))})",
+                     newest)
     assert (await client.get("/readyz")).status_code == 200
 
 

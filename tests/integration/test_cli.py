@@ -179,6 +179,6 @@ def test_migrate_reports_the_schema_version(tmp_path: Path, coder: tuple[FakeCod
     _, url = coder
     config = write_config(tmp_path, url, [KEY_A])
     first = run(config, "migrate")
-    assert first.returncode == 0 and "applied migrations 1" in first.stdout
+    assert first.returncode == 0 and "applied migrations 1, 2" in first.stdout
     again = run(config, "migrate")
-    assert "schema is current (version 1)" in again.stdout
+    assert "schema is current (version 2)" in again.stdout
