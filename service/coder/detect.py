@@ -40,7 +40,7 @@ import httpx
 from service.coder.base import CoderBackend, CreatedWork, WorkSpec
 from service.coder.chats import ChatsBackend
 from service.coder.client import CoderClient, decipher_response, decipher_transport_error
-from service.coder.tasks import TasksBackend
+from service.coder.tasks import TasksBackend, TemplateCache
 from service.coder.workspaces import WorkspaceCreator
 from service.config import CoderConfig
 from service.errors import (
@@ -289,12 +289,14 @@ class DetectingBackend:
         detector: ApiDetector,
         api: ApiChoice = "auto",
         workspaces: WorkspaceCreator | None = None,
+        templates: TemplateCache | None = None,
     ) -> None:
         self._client = client
         self._coder_url = coder_url.rstrip("/")
         self._detector = detector
         self._api = api
         self._workspaces = workspaces
+        self._templates = templates if templates is not None else TemplateCache()
 
     def __repr__(self) -> str:
         return f"DetectingBackend(coder_url={self._coder_url!r}, api={self._api!r})"
@@ -362,7 +364,8 @@ class DetectingBackend:
     def _backend(self, detected: Detected) -> CoderBackend:
         if detected.api == "tasks":
             cache = {self._coder_url: detected.base}
-            return TasksBackend(self._client, self._coder_url, prefix_cache=cache)
+            return TasksBackend(self._client, self._coder_url, prefix_cache=cache,
+                                templates=self._templates)
         return ChatsBackend(
             self._client, self._coder_url, base=detected.base, workspaces=self._workspaces
         )
@@ -382,12 +385,14 @@ def backend_factory(
     ``sleep``/``clock`` drive its polling (tests inject fakes).
     """
     build_timeout = config.workspace_build_timeout
+    templates = TemplateCache()  # shared by every user's backend in this process
 
     def build(token: str) -> CoderBackend:
         client = CoderClient(config.url, token, http=http, timeout=config.timeout)
         workspaces = WorkspaceCreator(client, build_timeout=build_timeout, sleep=sleep, clock=clock)
         return DetectingBackend(
-            client, config.url, detector=detector, api=config.api, workspaces=workspaces
+            client, config.url, detector=detector, api=config.api, workspaces=workspaces,
+            templates=templates,
         )
 
     return build

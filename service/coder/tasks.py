@@ -14,6 +14,8 @@ never a reason to switch prefix.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -31,6 +33,33 @@ DISPLAY_NAME_MAX_BYTES: Final = 64
 DEFAULT_ORGANIZATION: Final = "default"
 
 
+class TemplateCache:
+    """Short-lived memory of template look-ups, shared by every user's backend.
+
+    Every delegation would otherwise fetch the template (for its active version) and
+    that version's presets again: two of the five calls per issue. Entries live
+    ``ttl`` seconds, so a newly promoted template version is used within a minute.
+    Sharing across users is safe: Coder checks the user's access to the version
+    when the task is created. Only successful answers are kept.
+    """
+
+    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    def get(self, key: tuple[str, ...]) -> Any | None:
+        """The value stored under ``key`` if it is younger than the TTL."""
+        entry = self._entries.get(key)
+        if entry is None or self._clock() - entry[0] > self._ttl:
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, ...], value: Any) -> None:
+        """Remember ``value`` from now on."""
+        self._entries[key] = (self._clock(), value)
+
+
 class TasksBackend:
     """``CoderBackend`` over the Tasks API of one deployment, acting as the client's user."""
 
@@ -40,10 +69,12 @@ class TasksBackend:
         coder_url: str,
         *,
         prefix_cache: dict[str, str] | None = None,
+        templates: TemplateCache | None = None,
     ) -> None:
         self._client = client
         self._coder_url = coder_url.rstrip("/")
         self._prefixes: dict[str, str] = prefix_cache if prefix_cache is not None else {}
+        self._templates = templates if templates is not None else TemplateCache()
 
     def __repr__(self) -> str:
         return f"TasksBackend(coder_url={self._coder_url!r})"
@@ -127,6 +158,10 @@ class TasksBackend:
 
     async def _fetch_active_version(self, spec: WorkSpec) -> str:
         org = spec.organization.strip() or DEFAULT_ORGANIZATION
+        key = ("version", self._coder_url, org, spec.template)
+        cached = self._templates.get(key)
+        if isinstance(cached, str):
+            return cached
         path = f"{API_V2}/organizations/{_seg(org)}/templates/{_seg(spec.template)}"
         try:
             template = await self._client.request("GET", path)
@@ -143,14 +178,19 @@ class TasksBackend:
                 "coder",
                 f'Coder\'s answer about template "{spec.template}" lacks its active version',
             )
+        self._templates.put(key, version_id)
         return version_id
 
     async def _pick_preset(self, spec: WorkSpec, version_id: str) -> str | None:
         """The preset ``ID`` to send, or ``None`` to send no preset key."""
-        body = await self._client.request(
-            "GET", f"{API_V2}/templateversions/{_seg(version_id)}/presets"
-        )
-        presets = [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+        key = ("presets", self._coder_url, version_id)
+        presets = self._templates.get(key)
+        if not isinstance(presets, list):
+            body = await self._client.request(
+                "GET", f"{API_V2}/templateversions/{_seg(version_id)}/presets"
+            )
+            presets = [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+            self._templates.put(key, presets)
         return choose_preset(presets, spec.preset, template=spec.template)
 
     async def _tasks_call(self, method: str, suffix: str, *, json: object | None = None) -> Any:

@@ -528,3 +528,34 @@ def test_fault_on_an_unknown_route_name_is_refused() -> None:
 def test_tokens_have_the_real_format() -> None:
     key_id, secret = new_token().split("-")
     assert (len(key_id), len(secret)) == (10, 22)
+
+
+async def test_template_lookups_are_shared_for_a_minute_then_refreshed() -> None:
+    from service.coder.base import WorkSpec
+    from service.coder.client import CoderClient
+    from service.coder.tasks import TasksBackend, TemplateCache
+
+    fake = FakeCoder("tasks")
+    fake.add_template("default", "tasks-docker", presets=[{"Name": "small", "Default": True}])
+    alice, bob = fake.add_user("alice"), fake.add_user("bob")
+    now = [0.0]
+    cache = TemplateCache(ttl=60.0, clock=lambda: now[0])
+    with serve_in_thread(fake.app()) as url:
+        async with httpx.AsyncClient() as http:
+            def backend(token: str) -> TasksBackend:
+                client = CoderClient(url, token, http=http, timeout=5)
+                return TasksBackend(client, url, templates=cache)
+
+            def spec(name: str) -> WorkSpec:
+                return WorkSpec(delegation_key=name, name=name, prompt="p", display_name=name,
+                                template="tasks-docker", preset="", organization="default")
+
+            await backend(alice).ensure(spec("cb-one"), may_exist=False)
+            await backend(bob).ensure(spec("cb-two"), may_exist=False)
+            now[0] = 61.0
+            await backend(alice).ensure(spec("cb-three"), may_exist=False)
+
+    lookups = [path for method, path in fake.requests
+               if method == "GET" and ("/templates/" in path or path.endswith("/presets"))]
+    assert len(lookups) == 4  # template + presets, then again only after the minute
+    assert [fake.preset_of(t["id"]) for t in fake.tasks] == ["small", "small", "small"]
