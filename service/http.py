@@ -9,6 +9,8 @@ status classes; never a user, an issue or a token.
 
 from __future__ import annotations
 
+import email.utils
+import math
 import time
 from collections.abc import Sequence
 
@@ -96,3 +98,33 @@ def build_http_client(
     """The shared, instrumented client; per-call timeouts are set by each API client."""
     inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections))
     return httpx.AsyncClient(transport=InstrumentedTransport(inner, services), timeout=timeout)
+
+
+def parse_number(value: str | None) -> float | None:
+    """A finite number from a header value; ``None`` if absent or not a finite number."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, shared by every API client.
+
+    Delta-seconds are always understood; an HTTP date only when ``now`` (UNIX
+    seconds) is given, and one in the past means "now". Negative, non-finite or
+    unparseable values give ``None`` (no hint).
+    """
+    seconds = parse_number(value)
+    if seconds is not None:
+        return seconds if seconds >= 0 else None
+    if value is None or now is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -21,7 +21,6 @@ transport errors instead, and those are transient.
 from __future__ import annotations
 
 import json as jsonlib
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard
@@ -39,6 +38,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
+from service.http import parse_retry_after
 
 SESSION_HEADER: Final = "Coder-Session-Token"
 BUILD_VERSION_HEADER: Final = "X-Coder-Build-Version"
@@ -105,21 +105,6 @@ def decipher_transport_error(exc: httpx.HTTPError, *, service: str = "coder") ->
     )
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header given as a number; ``None`` otherwise.
-
-    The HTTP-date form is not interpreted (it would need a clock); negative or
-    non-finite values are ignored.
-    """
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
 
 
 class CoderClient:

@@ -18,7 +18,6 @@ token, a header value or a request body.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
+from service.http import parse_number, parse_retry_after
 from service.trackers.github.ratelimit import ContentRateLimiter
 
 SERVICE = "github"
@@ -167,11 +167,11 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 def _rate_limit_wait(response: httpx.Response, message: str, *, now: float) -> float | None:
     """Seconds to wait if a 403/429 is a rate limit (GitHub's documented order), else None."""
-    retry_after = _parse_retry_after(response.headers.get("retry-after"), now=now)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
     if retry_after is not None:
         return retry_after
     if response.headers.get("x-ratelimit-remaining", "").strip() == "0":
-        reset = _parse_float(response.headers.get("x-ratelimit-reset"))
+        reset = parse_number(response.headers.get("x-ratelimit-reset"))
         return SECONDARY_LIMIT_WAIT if reset is None else max(1.0, reset - now)
     lowered = message.lower()
     if response.status_code == 429 or "rate limit" in lowered or "abuse" in lowered:
@@ -179,28 +179,8 @@ def _rate_limit_wait(response: httpx.Response, message: str, *, now: float) -> f
     return None
 
 
-def _parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """``Retry-After`` as seconds (GitHub sends an integer; an HTTP date is accepted)."""
-    if value is None:
-        return None
-    seconds = _parse_float(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
-def _parse_float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if number == number and abs(number) != float("inf") else None
 
 
 def _github_message(response: httpx.Response) -> str:

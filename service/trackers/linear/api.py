@@ -18,8 +18,6 @@ key, a header value or a request body.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +34,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
+from service.http import parse_number, parse_retry_after
 
 SERVICE = "linear"
 USER_AGENT = "coder-bridge"
@@ -202,7 +201,7 @@ def _explain(summary: str, message: str) -> str:
 
 def _rate_limit_wait(response: httpx.Response, *, now: float) -> float:
     """Seconds to wait: ``Retry-After``, else the exhausted bucket's reset, else 60."""
-    retry_after = _parse_retry_after(response.headers.get("retry-after"), now=now)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
     if retry_after is not None:
         return retry_after
     headers = response.headers
@@ -221,34 +220,14 @@ def _rate_limit_wait(response: httpx.Response, *, now: float) -> float:
 
 def _reset_epoch(value: str | None) -> float | None:
     """A reset header as Unix seconds (Linear sends epoch ms; older docs said seconds)."""
-    number = _parse_float(value)
+    number = parse_number(value)
     if number is None:
         return None
     return number / 1000.0 if number >= _EPOCH_MS_THRESHOLD else number
 
 
-def _parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    seconds = _parse_float(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
-def _parse_float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _transport_error(exc: httpx.HTTPError) -> TransientError:
