@@ -26,7 +26,7 @@ from tests.conftest import GITHUB_SECRET, fixture_bytes, github_headers
 from tests.e2e.harness import ENCRYPTION_KEY
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
-from tests.fakes.server import serve_in_thread
+from tests.fakes.server import free_port, serve_in_thread
 
 
 async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
@@ -289,3 +289,22 @@ async def test_instrumented_transport_counts_errors_by_service() -> None:
     assert counter._value.get() == before + 1
     assert transport.service_of(httpx.URL("https://ghe.example.com/api/v3/repos")) == "github"
     assert transport.service_of(httpx.URL("https://ghe.example.com/other")) == "other"
+
+
+async def test_an_outage_of_coder_and_github_does_not_fail_readiness(tmp_path: Path) -> None:
+    dead_coder, dead_github = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    services = await build_services(make_config(tmp_path, dead_coder, dead_github))
+    await services.start()
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+        await deliver(client)  # the worker now fails to reach Coder and GitHub, and retries
+
+        async def retrying() -> bool:
+            text = (await client.get("/metrics")).text
+            return sample(text, "coder_bridge_api_calls_total", service="github",
+                          status="error") > 0
+
+        await eventually(retrying, "the worker to hit the outage")
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.json()
+    await services.close()
