@@ -247,8 +247,9 @@ class Store(Protocol):
         An account left without identities is deleted with its token. Returns rows removed."""
         ...
 
-    async def mark_token_invalid(self, account_id: int) -> None:
-        """Coder answered 401 with this token."""
+    async def mark_token_invalid(self, account_id: int, *, ciphertext: bytes) -> None:
+        """Coder answered 401 with the token stored as ``ciphertext``; a token re-linked
+        since (a different ciphertext) is left valid."""
         ...
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
@@ -256,7 +257,8 @@ class Store(Protocol):
         ...
 
     async def replace_ciphertext(
-        self, account_id: int, *, old_key_id: str, key_id: str, ciphertext: bytes
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
-        """Swap the stored token if it is still under ``old_key_id`` (key rotation)."""
+        """Swap the stored token if it is still exactly ``old_ciphertext`` (key rotation);
+        False if it changed meanwhile (a re-link), which is then left alone."""
         ...

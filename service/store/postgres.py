@@ -245,13 +245,15 @@ DELETE FROM identities
 WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = $1)
 """
 _DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = $1"
-_SET_ACCOUNT_INVALID = "UPDATE accounts SET token_status = 'invalid', updated_at = $2 WHERE id = $1"
+_SET_ACCOUNT_INVALID = """
+UPDATE accounts SET token_status = 'invalid', updated_at = $2 WHERE id = $1 AND ciphertext = $3
+"""
 _SET_ACCOUNT_USED = """
 UPDATE accounts SET last_used_at = greatest(coalesce(last_used_at, $2), $2) WHERE id = $1
 """
 _REPLACE_CIPHERTEXT = """
 UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
-WHERE id = $1 AND key_id = $2
+WHERE id = $1 AND ciphertext = $2
 """
 
 
@@ -528,20 +530,20 @@ class PostgresStore:
             raise ValueError(usage)
         return int(await self._transaction(_unlink_identity(provider, external_id)))
 
-    async def mark_token_invalid(self, account_id: int) -> None:
+    async def mark_token_invalid(self, account_id: int, *, ciphertext: bytes) -> None:
         """Set ``token_status`` to ``invalid``."""
-        await self._execute(_SET_ACCOUNT_INVALID, account_id, time.time())
+        await self._execute(_SET_ACCOUNT_INVALID, account_id, time.time(), ciphertext)
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
         await self._execute(_SET_ACCOUNT_USED, account_id, now)
 
     async def replace_ciphertext(
-        self, account_id: int, *, old_key_id: str, key_id: str, ciphertext: bytes
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
         """Compare-and-swap on the key id; True if swapped."""
         changed = await self._execute(
-            _REPLACE_CIPHERTEXT, account_id, old_key_id, key_id, ciphertext, time.time()
+            _REPLACE_CIPHERTEXT, account_id, old_ciphertext, key_id, ciphertext, time.time()
         )
         return changed == 1
 

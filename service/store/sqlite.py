@@ -267,14 +267,14 @@ WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = ?)
 """
 _DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = ?"
 _SET_ACCOUNT_INVALID = """
-UPDATE accounts SET token_status = 'invalid', updated_at = ? WHERE id = ?
+UPDATE accounts SET token_status = 'invalid', updated_at = ? WHERE id = ? AND ciphertext = ?
 """
 _SET_ACCOUNT_USED = """
 UPDATE accounts SET last_used_at = max(coalesce(last_used_at, :now), :now) WHERE id = :id
 """
 _REPLACE_CIPHERTEXT = """
 UPDATE accounts SET key_id = :key_id, ciphertext = :ciphertext, updated_at = :wall
-WHERE id = :id AND key_id = :old_key_id
+WHERE id = :id AND ciphertext = :old_ciphertext
 """
 
 
@@ -676,22 +676,22 @@ class SQLiteStore:
 
         return await self._run(body, begin="BEGIN IMMEDIATE")
 
-    async def mark_token_invalid(self, account_id: int) -> None:
+    async def mark_token_invalid(self, account_id: int, *, ciphertext: bytes) -> None:
         """Set ``token_status`` to ``invalid`` (a re-link makes it ``valid`` again)."""
-        await self._rowcount(_SET_ACCOUNT_INVALID, (time.time(), account_id))
+        await self._rowcount(_SET_ACCOUNT_INVALID, (time.time(), account_id, ciphertext))
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
         await self._rowcount(_SET_ACCOUNT_USED, {"id": account_id, "now": now})
 
     async def replace_ciphertext(
-        self, account_id: int, *, old_key_id: str, key_id: str, ciphertext: bytes
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
         """Compare-and-swap: store (``key_id``, ``ciphertext``) only if the row is still
         under ``old_key_id``; True if swapped."""
         params = {
             "id": account_id,
-            "old_key_id": old_key_id,
+            "old_ciphertext": old_ciphertext,
             "key_id": key_id,
             "ciphertext": ciphertext,
             "wall": time.time(),

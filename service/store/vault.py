@@ -157,7 +157,7 @@ async def rotate(store: Store, vault: Vault) -> int:
     """Re-encrypt under the primary key every stored token that is not; return how many.
 
     Each row is swapped with ``store.replace_ciphertext`` (compare-and-swap on the
-    old key id), so a row re-linked meanwhile is left alone and not counted.
+    old ciphertext), so a row re-linked meanwhile is left alone and not counted.
     Re-running after a failure is safe. Raises ``VaultError`` on a row that no
     configured key decrypts (nothing is lost: rows done so far stay done).
     """
@@ -168,7 +168,7 @@ async def rotate(store: Store, vault: Vault) -> int:
         token = vault.decrypt(account.key_id, account.ciphertext, owner=account.coder_user_id)
         key_id, blob = vault.encrypt(token, owner=account.coder_user_id)
         swapped = await store.replace_ciphertext(
-            account.id, old_key_id=account.key_id, key_id=key_id, ciphertext=blob
+            account.id, old_ciphertext=account.ciphertext, key_id=key_id, ciphertext=blob
         )
         rotated += int(swapped)
     return rotated

@@ -203,7 +203,7 @@ class Delegator:
         try:
             work = await backend.ensure(spec, may_exist=may_exist)
         except TokenRejected as exc:
-            await self.store.mark_token_invalid(account.id)
+            await self.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
             metrics.TOKENS_INVALID.inc()
             log.warning("token_rejected", coder_user=account.coder_username, error=str(exc))
             body = comments.render_token_rejected_comment(

@@ -473,7 +473,7 @@ async def test_link_find_and_list_accounts(store: Store) -> None:
 
 async def test_relinking_replaces_the_token_and_revalidates_it(store: Store) -> None:
     first = await link(store, "u-1", "alice", [Identity("github", "1", "alice")])
-    await store.mark_token_invalid(first.id)
+    await store.mark_token_invalid(first.id, ciphertext=first.ciphertext)
     assert await account_of(store, first.id) == replace(first, token_status="invalid")
     await store.mark_token_used(first.id, now=T0)
 
@@ -525,21 +525,30 @@ async def test_token_status_and_last_used(store: Store) -> None:
     account = await link(store, "u-1", "alice", [Identity("github", "1")])
     await store.mark_token_used(account.id, now=T0 + 10)
     await store.mark_token_used(account.id, now=T0 + 5)  # an older report does not win
-    await store.mark_token_invalid(account.id)
+    await store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
     stored = await account_of(store, account.id)
     assert (stored.token_status, stored.last_used_at) == ("invalid", T0 + 10)
 
 
-async def test_replace_ciphertext_is_a_compare_and_swap_on_the_key_id(store: Store) -> None:
-    account = await link(store, "u-1", "alice", [Identity("github", "1")], key_id="old")
-    assert not await store.replace_ciphertext(
-        account.id, old_key_id="other", key_id="new", ciphertext=b"x"
+async def test_a_401_on_an_old_token_leaves_a_relinked_one_valid(store: Store) -> None:
+    old = await link(store, "u-1", "alice", [Identity("github", "1")], ciphertext=b"old")
+    await link(store, "u-1", "alice", [Identity("github", "1")], ciphertext=b"relinked")
+    await store.mark_token_invalid(old.id, ciphertext=old.ciphertext)  # the 401 came late
+    stored = await account_of(store, old.id)
+    assert (stored.ciphertext, stored.token_status) == (b"relinked", "valid")
+
+
+async def test_replace_ciphertext_is_a_compare_and_swap_on_the_ciphertext(store: Store) -> None:
+    account = await link(store, "u-1", "alice", [Identity("github", "1")], key_id="old",
+                         ciphertext=b"original")
+    assert not await store.replace_ciphertext(  # re-linked since it was read
+        account.id, old_ciphertext=b"something else", key_id="new", ciphertext=b"x"
     )
     assert await store.replace_ciphertext(
-        account.id, old_key_id="old", key_id="new", ciphertext=b"rotated"
+        account.id, old_ciphertext=b"original", key_id="new", ciphertext=b"rotated"
     )
     assert not await store.replace_ciphertext(
-        account.id, old_key_id="old", key_id="new", ciphertext=b"again"
+        account.id, old_ciphertext=b"original", key_id="new", ciphertext=b"again"
     )
     stored = await store.get_account(account.id)
     assert stored is not None and (stored.key_id, stored.ciphertext) == ("new", b"rotated")
