@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import uvicorn
@@ -29,6 +29,9 @@ from service.logging import configure_logging, get_logger
 from service.store import open_store
 from service.store.base import Identity, Store
 from service.store.vault import Vault, rotate
+
+if TYPE_CHECKING:  # service.app is imported lazily: most commands need little of it
+    from service.app import Role
 
 log = get_logger("service.cli")
 
@@ -137,7 +140,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     command: str = args.command
     if command == "serve":
-        return _serve(config, role=args.role, migrate=not args.no_migrate)
+        return _serve(config, role=cast("Role", args.role), migrate=not args.no_migrate)
     if command == "check-config":
         return _check_config(config, online=args.online)
     handlers: dict[str, Callable[[Store], Awaitable[int]]] = {
@@ -167,7 +170,7 @@ async def _with_store(
 
 
 # -- serve ---------------------------------------------------------------------------
-def _serve(config: Config, *, role: str, migrate: bool) -> int:
+def _serve(config: Config, *, role: Role, migrate: bool) -> int:
     from service.app import build_services, create_app
 
     if role != "all" and config.storage.url.startswith("sqlite"):
@@ -176,7 +179,7 @@ def _serve(config: Config, *, role: str, migrate: bool) -> int:
                          "use PostgreSQL to scale out")
 
     async def run() -> None:
-        services = await build_services(config, role=role, migrate=migrate)  # type: ignore[arg-type]
+        services = await build_services(config, role=role, migrate=migrate)
         app = create_app(services)
         _tune_gc()
         server_config = uvicorn.Config(

@@ -44,7 +44,7 @@ from service.errors import (
     VaultError,
 )
 from service.logging import get_logger
-from service.store.base import Account, Delegation, Job, Store
+from service.store.base import Account, Delegation, DelegationState, Job, Store
 from service.store.vault import Vault
 from service.trackers.base import IssueCommenter
 
@@ -258,14 +258,13 @@ class Delegator:
 
     # -- outcomes ----------------------------------------------------------------------
     async def _comment(
-        self, event: IssueEvent, d: Delegation, key: str, body: str, *, state: str
+        self, event: IssueEvent, d: Delegation, key: str, body: str, *, state: DelegationState
     ) -> Delegation:
         """Upsert the delegation's comment, then record the new state and comment id."""
         commenter = self.commenters[event.tracker]
         comment_id = await commenter.upsert_comment(
             event, marker=comments.render_marker(key), body=body, comment_id=d.comment_id)
-        d = replace(d, comment_id=comment_id, state=state,  # type: ignore[arg-type]
-                    updated_at=self.clock())
+        d = replace(d, comment_id=comment_id, state=state, updated_at=self.clock())
         await self.store.save_delegation(d)
         log.info("comment_posted", state=state, comment_id=comment_id)
         return d
