@@ -40,7 +40,8 @@ import httpx
 from service.coder.base import CoderBackend, CreatedWork, WorkSpec
 from service.coder.chats import ChatsBackend
 from service.coder.client import CoderClient, decipher_response, decipher_transport_error
-from service.coder.tasks import TasksBackend, TemplateCache
+from service.coder.tasks import TasksBackend
+from service.coder.templates import TemplateCache
 from service.coder.workspaces import WorkspaceCreator
 from service.config import CoderConfig
 from service.errors import (

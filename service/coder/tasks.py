@@ -14,13 +14,18 @@ never a reason to switch prefix.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
 from service.coder.base import CreatedWork, WorkSpec
 from service.coder.client import CoderClient
+from service.coder.templates import (
+    TemplateCache,
+    choose_preset,
+    fetch_presets,
+    fetch_template,
+    path_segment,
+)
 from service.errors import Conflict, NotFound, PermanentError, RouteNotFound
 
 API_V2: Final = "/api/v2"
@@ -30,34 +35,6 @@ TASK_PREFIXES: Final = (API_V2, API_EXPERIMENTAL)
 INACTIVE_STATUSES: Final = frozenset({"paused", "error"})
 FINISHED_STATES: Final = frozenset({"complete", "failed", "failure"})
 DISPLAY_NAME_MAX_BYTES: Final = 64
-DEFAULT_ORGANIZATION: Final = "default"
-
-
-class TemplateCache:
-    """Short-lived memory of template look-ups, shared by every user's backend.
-
-    Every delegation would otherwise fetch the template (for its active version) and
-    that version's presets again: two of the five calls per issue. Entries live
-    ``ttl`` seconds, so a newly promoted template version is used within a minute.
-    Sharing across users is safe: Coder checks the user's access to the version
-    when the task is created. Only successful answers are kept.
-    """
-
-    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[tuple[str, ...], tuple[float, Any]] = {}
-
-    def get(self, key: tuple[str, ...]) -> Any | None:
-        """The value stored under ``key`` if it is younger than the TTL."""
-        entry = self._entries.get(key)
-        if entry is None or self._clock() - entry[0] > self._ttl:
-            return None
-        return entry[1]
-
-    def put(self, key: tuple[str, ...], value: Any) -> None:
-        """Remember ``value`` from now on."""
-        self._entries[key] = (self._clock(), value)
 
 
 class TasksBackend:
@@ -120,7 +97,7 @@ class TasksBackend:
         True otherwise, unknown statuses included. Other failures raise as in
         ``ensure`` (e.g. ``RouteNotFound`` after an upgrade to a Chats-only server).
         """
-        path = f"/tasks/{_seg(work.owner_name)}/{_seg(work.id)}"
+        path = f"/tasks/{path_segment(work.owner_name)}/{path_segment(work.id)}"
         try:
             task = await self._tasks_call("GET", path)
         except NotFound:
@@ -137,7 +114,7 @@ class TasksBackend:
     async def _find_by_name(self, name: str) -> CreatedWork | None:
         """The caller's task called ``name``, or ``None`` when there is none."""
         try:
-            task = await self._tasks_call("GET", f"/tasks/me/{_seg(name)}")
+            task = await self._tasks_call("GET", f"/tasks/me/{path_segment(name)}")
         except NotFound:
             return None
         return self._created(task)
@@ -157,39 +134,20 @@ class TasksBackend:
         return body
 
     async def _fetch_active_version(self, spec: WorkSpec) -> str:
-        org = spec.organization.strip() or DEFAULT_ORGANIZATION
-        key = ("version", self._coder_url, org, spec.template)
+        key = ("version", self._coder_url, spec.organization, spec.template)
         cached = self._templates.get(key)
         if isinstance(cached, str):
             return cached
-        path = f"{API_V2}/organizations/{_seg(org)}/templates/{_seg(spec.template)}"
-        try:
-            template = await self._client.request("GET", path)
-        except NotFound:
-            raise NotFound(
-                "coder",
-                f'template "{spec.template}" was not found in Coder organization "{org}", '
-                "or your Coder account cannot use it",
-                status=404,
-            ) from None
-        version_id = template.get("active_version_id") if isinstance(template, dict) else None
-        if not isinstance(version_id, str) or not version_id:
-            raise PermanentError(
-                "coder",
-                f'Coder\'s answer about template "{spec.template}" lacks its active version',
-            )
-        self._templates.put(key, version_id)
-        return version_id
+        template = await fetch_template(self._client, spec.organization, spec.template)
+        self._templates.put(key, template.active_version_id)
+        return template.active_version_id
 
     async def _pick_preset(self, spec: WorkSpec, version_id: str) -> str | None:
         """The preset ``ID`` to send, or ``None`` to send no preset key."""
         key = ("presets", self._coder_url, version_id)
         presets = self._templates.get(key)
         if not isinstance(presets, list):
-            body = await self._client.request(
-                "GET", f"{API_V2}/templateversions/{_seg(version_id)}/presets"
-            )
-            presets = [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+            presets = await fetch_presets(self._client, version_id)
             self._templates.put(key, presets)
         return choose_preset(presets, spec.preset, template=spec.template)
 
@@ -222,30 +180,6 @@ class TasksBackend:
 # --- pure helpers ------------------------------------------------------------------------------
 
 
-def choose_preset(presets: list[dict[str, Any]], wanted: str, *, template: str) -> str | None:
-    """Pick the preset ``ID`` from Coder's PascalCase preset objects.
-
-    A non-empty ``wanted`` must match a ``Name`` exactly, else ``PermanentError``
-    naming the available presets. With ``wanted`` empty, the preset marked
-    ``Default: true`` is chosen, or none.
-    """
-    if wanted:
-        for preset in presets:
-            if preset.get("Name") == wanted and isinstance(preset.get("ID"), str):
-                return str(preset["ID"])
-        names = [str(p["Name"]) for p in presets if isinstance(p.get("Name"), str)]
-        available = ", ".join(f'"{n}"' for n in names) if names else "none"
-        raise PermanentError(
-            "coder",
-            f'preset "{wanted}" does not exist for template "{template}"; '
-            f"available presets: {available}",
-        )
-    for preset in presets:
-        if preset.get("Default") is True and isinstance(preset.get("ID"), str):
-            return str(preset["ID"])
-    return None
-
-
 def clip_display_name(text: str) -> str:
     """``text`` trimmed and cut to Coder's 64-byte limit without splitting a character.
 
@@ -276,7 +210,3 @@ def created_work_from_task(task: Any, coder_url: str) -> CreatedWork:
         status=status if isinstance(status, str) and status else "unknown",
     )
 
-
-def _seg(value: str) -> str:
-    """``value`` quoted as one path segment."""
-    return quote(value, safe="")

@@ -29,10 +29,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
 
 from service.coder.client import CoderClient
-from service.coder.tasks import choose_preset
+from service.coder.templates import (
+    Template,
+    choose_preset,
+    fetch_presets,
+    fetch_template,
+    path_segment,
+)
 from service.errors import (
     Conflict,
     NotFound,
@@ -67,13 +72,6 @@ class Workspace:
     status: str
     job_error: str = ""
     provisioners: int | None = None
-
-
-@dataclass(frozen=True)
-class _Template:
-    id: str
-    name: str
-    active_version_id: str
 
 
 class WorkspaceCreator:
@@ -114,42 +112,17 @@ class WorkspaceCreator:
         when the create's outcome is unknown and no workspace of that name exists
         yet (a retry will try again); other ``RemoteError`` subclasses as mapped.
         """
-        found = await self._fetch_template(organization, template)
+        found = await fetch_template(self._client, organization, template)
         version_id = found.active_version_id
-        preset_id = await self._pick_preset(version_id, preset, template)
+        presets = await fetch_presets(self._client, version_id)
+        preset_id = choose_preset(presets, preset, template=template)
         workspace = await self._create_or_adopt(name, found, version_id, preset_id)
         return await self._wait_until_running(workspace)
 
     # --- steps ---------------------------------------------------------------------------------
 
-    async def _fetch_template(self, organization: str, template: str) -> _Template:
-        path = f"{API_V2}/organizations/{_seg(organization)}/templates/{_seg(template)}"
-        try:
-            body = await self._client.request("GET", path)
-        except NotFound:
-            raise NotFound(
-                "coder",
-                f'template "{template}" was not found in Coder organization "{organization}", '
-                "or your Coder account cannot use it",
-                status=404,
-            ) from None
-        ident = _str(body, "id")
-        version = _str(body, "active_version_id")
-        if not ident or not version:
-            raise PermanentError(
-                "coder", f'Coder\'s answer about template "{template}" lacks its id or version'
-            )
-        return _Template(id=ident, name=template, active_version_id=version)
-
-    async def _pick_preset(self, version_id: str, wanted: str, template: str) -> str | None:
-        body = await self._client.request(
-            "GET", f"{API_V2}/templateversions/{_seg(version_id)}/presets"
-        )
-        presets = [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
-        return choose_preset(presets, wanted, template=template)
-
     async def _create_or_adopt(
-        self, name: str, template: _Template, version_id: str, preset_id: str | None
+        self, name: str, template: Template, version_id: str, preset_id: str | None
     ) -> Workspace:
         body: dict[str, str] = {"name": name}
         if preset_id is not None:
@@ -172,7 +145,7 @@ class WorkspaceCreator:
         return workspace
 
     async def _adopt(
-        self, name: str, template: _Template, *, missing: TransientError | None
+        self, name: str, template: Template, *, missing: TransientError | None
     ) -> Workspace:
         """Reuse the caller's workspace ``name`` after a 409 or an answer that was lost.
 
@@ -180,7 +153,8 @@ class WorkspaceCreator:
         retried); after a 409 that case is a ``Conflict`` in plain words.
         """
         try:
-            body = await self._client.request("GET", f"{API_V2}/users/me/workspace/{_seg(name)}")
+            path = f"{API_V2}/users/me/workspace/{path_segment(name)}"
+            body = await self._client.request("GET", path)
         except NotFound:
             if missing is not None:
                 raise missing from None
@@ -213,7 +187,8 @@ class WorkspaceCreator:
     async def _poll(self, workspace: Workspace) -> Workspace:
         """The workspace again; 404 (gone) and 410 (deleted) become a plain ``PermanentError``."""
         try:
-            body = await self._client.request("GET", f"{API_V2}/workspaces/{_seg(workspace.id)}")
+            path = f"{API_V2}/workspaces/{path_segment(workspace.id)}"
+            body = await self._client.request("GET", path)
         except PermanentError as exc:
             if isinstance(exc, NotFound) or exc.status == 410:
                 raise PermanentError(
@@ -293,7 +268,3 @@ def _str(body: Any, key: str) -> str:
     value = body.get(key) if isinstance(body, dict) else None
     return value if isinstance(value, str) else ""
 
-
-def _seg(value: str) -> str:
-    """``value`` quoted as one path segment."""
-    return quote(value, safe="")

@@ -533,7 +533,8 @@ def test_tokens_have_the_real_format() -> None:
 async def test_template_lookups_are_shared_for_a_minute_then_refreshed() -> None:
     from service.coder.base import WorkSpec
     from service.coder.client import CoderClient
-    from service.coder.tasks import TasksBackend, TemplateCache
+    from service.coder.tasks import TasksBackend
+    from service.coder.templates import TemplateCache
 
     fake = FakeCoder("tasks")
     fake.add_template("default", "tasks-docker", presets=[{"Name": "small", "Default": True}])
