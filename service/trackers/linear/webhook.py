@@ -47,30 +47,14 @@ from service.core.events import Decision, Ignored, IssueEvent, Person, Trigger
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.payload import (
     Payload,
-    decode_object,
-)
-from service.trackers.payload import (
     as_object as _as_object,
-)
-from service.trackers.payload import (
+    decode_object,
     field as _field,
-)
-from service.trackers.payload import (
     header as _header,
-)
-from service.trackers.payload import (
     json_type as _json_type,
-)
-from service.trackers.payload import (
     optional as _optional,
-)
-from service.trackers.payload import (
     optional_object as _optional_object,
-)
-from service.trackers.payload import (
     required_object as _object,
-)
-from service.trackers.payload import (
     typed as _typed,
 )
 from service.trackers.signing import signature_matches
