@@ -38,7 +38,7 @@ from service.trackers.linear.api import LinearClient
 from service.trackers.linear.webhook import parse_linear_delivery
 from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
-from service.web.webhooks import Parser, WebhookEndpoint
+from service.web.webhooks import ASGIApp, Parser, WebhookEndpoint, WebhookRouter
 from service.worker.delegator import Delegator
 from service.worker.loop import Worker
 
@@ -192,8 +192,12 @@ async def build_services(
     return services
 
 
-def create_app(services: Services) -> Starlette:
-    """The ASGI app: webhooks (web role), health, readiness and metrics (every role)."""
+def create_app(services: Services) -> ASGIApp:
+    """The ASGI app: webhooks (web role), health, readiness and metrics (every role).
+
+    Webhook deliveries go straight to their endpoints (``WebhookRouter``); the
+    rest, lifespan included, is a Starlette app.
+    """
     config = services.config
     worker = services.worker
     readiness = Readiness(
@@ -208,12 +212,12 @@ def create_app(services: Services) -> Starlette:
         Route("/metrics", MetricsEndpoint(services.store, services.clock).handle,
               methods=["GET"]),
     ]
+    endpoints: dict[str, WebhookEndpoint] = {}
     if services.committer is not None:
         for tracker in ("github", "linear"):
-            endpoint = WebhookEndpoint(
+            endpoints[tracker] = WebhookEndpoint(
                 tracker, services.parsers.get(tracker), services.committer,
                 max_body_bytes=config.server.max_body_bytes, clock=services.clock)
-            routes.append(Route(f"/webhooks/{tracker}", endpoint.handle, methods=["POST"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -225,5 +229,4 @@ def create_app(services: Services) -> Starlette:
             await services.close()
             log.info("bridge_stopped")
 
-    return Starlette(routes=routes, lifespan=lifespan)
-
+    return WebhookRouter(endpoints, Starlette(routes=routes, lifespan=lifespan))
