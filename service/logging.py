@@ -9,10 +9,14 @@ name, and by the shapes of the tokens we handle wherever they appear in text.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import logging
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
@@ -66,13 +70,19 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
+# Keys whose values the bridge itself produces as identifiers (bound per delivery and
+# per job): never a secret, and on every line, so not worth scanning.
+_IDENTIFIER_KEYS = frozenset({"logger_name", "tracker", "delivery_id", "issue", "job_id",
+                              "attempt"})
+
+
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask sensitive keys and token-shaped text in every entry."""
-    for key in list(event_dict):
-        if key == "event" and isinstance(event_dict[key], str):
-            event_dict[key] = redact_text(event_dict[key])
-        elif key != "event":
-            event_dict[key] = _redact_value(key, event_dict[key])
+    for key, value in list(event_dict.items()):
+        if key == "event" and isinstance(value, str):
+            event_dict[key] = redact_text(value)
+        elif key != "event" and key not in _IDENTIFIER_KEYS:
+            event_dict[key] = _redact_value(key, value)
     return event_dict
 
 
@@ -92,6 +102,78 @@ def _name_logger(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutab
     return event_dict
 
 
+class _UTCSecond:
+    """The ISO-8601 text of the current UTC second, recomputed only when it changes."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+
+_SECOND = _UTCSecond()
+
+
+def _timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``timestamp``: UTC ISO-8601 with microseconds, as ``TimeStamper(fmt="iso", utc=True)``
+    writes it, at a quarter of the cost (the date part is formatted once a second)."""
+    now = time.time()
+    second = int(now)
+    if second != _SECOND.second:
+        _SECOND.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SECOND.second = second
+    event_dict["timestamp"] = f"{_SECOND.text}.{int((now - second) * 1e6):06d}Z"
+    return event_dict
+
+
+class LineBatcher:
+    """A text stream that writes the lines of one event-loop iteration in one call.
+
+    Inside a running event loop, ``write`` only buffers and ``flush`` schedules one
+    write of everything buffered for the loop's next iteration: a burst of deliveries
+    logs one line each, and one ``write(2)`` per iteration is much cheaper than one
+    per line. Outside a loop (the CLI, other threads) every flush writes at once.
+    Lines still buffered when the process exits normally are written by ``atexit``;
+    a killed process can lose the lines of its last iteration (well under a
+    millisecond's worth).
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+        atexit.register(self.drain)
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.drain()
+            return
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Write and flush everything buffered (in order), now."""
+        with self._lock:
+            parts, self._parts = self._parts, []
+            self._scheduled = False
+            if parts:
+                self.target.write("".join(parts))
+                self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+
 def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
     """The final processor: one JSON object (orjson, ~10x faster than ``json.dumps``)."""
     return orjson.dumps(event_dict, default=repr).decode()
@@ -108,28 +190,32 @@ def configure_logging(
     the standard library (uvicorn, asyncio) go through a ``ProcessorFormatter``
     with the same processors, so both look alike.
     """
-    out = sys.stderr if stream is None else stream
+    target = sys.stderr if stream is None else stream
     if json_output is None:
-        json_output = not out.isatty()
+        json_output = not target.isatty()
+    out = LineBatcher(target)
+    # redact runs before the processors that add our own values (logger name, level,
+    # timestamp): those cannot hold a secret, and skipping them halves its cost.
     shared: list[Any] = [
-        _name_logger,
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
+        _name_logger,
+        structlog.processors.add_log_level,
+        _timestamp,
     ]
     renderer: Any
     finish: list[Any]
+    sink: Any = out  # structlog and logging take any object with write() and flush()
     if json_output:
         renderer = _render_json
         finish = [structlog.processors.format_exc_info, _redact_exception]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=target.isatty())
         finish = []
     numeric_level = logging.getLevelName(level)
     structlog.configure(
         processors=[*shared, *finish, renderer],
-        logger_factory=structlog.WriteLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(sink),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=True,
     )
@@ -138,7 +224,7 @@ def configure_logging(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish,
                     renderer],
     )
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(sink)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,10 +1,13 @@
-"""Redaction: no secret reaches a log line, by key or by shape."""
+"""Log lines: no secret reaches one (by key or by shape); how and when they are written."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import re
+from datetime import UTC, datetime
 
 import pytest
 import structlog
@@ -73,3 +76,50 @@ def test_a_logger_made_before_configuration_obeys_it(capsys: pytest.CaptureFixtu
     assert line["event"] == "made_early" and line["logger"] == "early"
     assert line["authorization"] == "[redacted]"
     assert capsys.readouterr().out == ""
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts the writes it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_iteration_are_written_together_and_in_order() -> None:
+    stream = CountingStream()
+    configure_logging(json_output=True, stream=stream)
+    log = get_logger("test")
+    for number in range(5):
+        log.info("accepted", number=number)
+    logging.getLogger("uvicorn.error").warning("stdlib in between")
+    log.info("after")
+    assert stream.getvalue() == ""  # buffered until the loop's next iteration
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["accepted"] * 5 + ["stdlib in between", "after"]
+    assert stream.writes == 1
+
+
+def test_outside_an_event_loop_every_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    configure_logging(json_output=True, stream=stream)
+    get_logger("test").info("one")
+    assert json.loads(stream.getvalue())["event"] == "one"
+    get_logger("test").info("two")
+    assert stream.writes == 2
+
+
+def test_timestamps_are_utc_iso_8601_with_microseconds_and_current() -> None:
+    stream = io.StringIO()
+    configure_logging(json_output=True, stream=stream)
+    before = datetime.now(UTC)
+    get_logger("test").info("tick")
+    after = datetime.now(UTC)
+    stamp = json.loads(stream.getvalue())["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
