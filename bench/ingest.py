@@ -9,11 +9,19 @@ pool, a unique ``X-GitHub-Delivery`` per request) over ``--connections`` keep-al
 connections for ``--duration`` seconds after a warm-up. Load comes from wrk (with
 ``bench/wrk/ingest.lua``) when installed, else from a Python asyncio generator.
 
-Prints requests/s, p50/p99 latency and non-2xx answers of each, the ratio
-service/bare, the service's RSS when idle and after the load, and whether every
-delivery answered 200 is in the database.
+The bare app and ``--role web`` are measured in alternating rounds (``--rounds``,
+both processes started once): on a shared VM the machine's speed drifts by tens of
+percent within a minute, and alternating keeps the drift from landing on one side
+of the ratio. ``--role all`` is measured once afterwards (its worker keeps draining
+jobs after a round, which would disturb the next round's bare measurement).
 
-    .venv/bin/python bench/ingest.py [--duration 10] [--connections 32] [--role both] [--json]
+Prints, per round, requests/s, p50/p99 latency and non-2xx answers of each and the
+ratio service/bare; then the totals over all rounds (requests over time; the
+latencies of the middle round), the median ratio, the service's RSS when idle and
+after the load, and whether every delivery answered 200 is in the database.
+
+    .venv/bin/python bench/ingest.py [--duration 10] [--rounds 3] [--connections 32]
+                                     [--role both] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +68,8 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds of measured load per target (default 10)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating bare/--role web measurements (default 3)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of unmeasured load before each measurement (default 2)")
     parser.add_argument("--connections", type=int, default=32,
@@ -103,24 +114,89 @@ class Runner:
             duration=duration))
         return result
 
-    def measure(self, port: int, pid: int, profile: Path | None = None) -> dict[str, Any]:
-        time.sleep(1.0)  # let start-up settle before reading the idle RSS
-        idle = rss_kib(pid)
+    def prepare(self, port: int, pid: int) -> int:
+        """Let start-up settle, read the idle RSS (KiB), then warm up."""
+        time.sleep(1.0)
+        idle = rss_kib(pid)["VmRSS"]
         log(f"  warm-up {self.args.warmup:g} s ...")
         self.load(port, "warm", self.args.warmup)
+        return idle
+
+    def measure(self, port: int, pid: int, prefix: str,
+                profile: Path | None = None) -> tuple[LoadResult, float]:
+        """One measured run; its result and the target's CPU use in percent of one core."""
         spy: subprocess.Popen[bytes] | None = None
         if profile is not None:
             spy = start_py_spy(self.cleanup, pid, profile, self.args.duration)
         log(f"  measuring {self.args.duration:g} s ...")
         cpu_before = cpu_seconds(pid)
-        result = self.load(port, "run", self.args.duration)
+        result = self.load(port, prefix, self.args.duration)
         cpu = cpu_seconds(pid) - cpu_before
         if spy is not None:
             spy.wait(timeout=60)
-        after = rss_kib(pid)
-        return {"load": result, "rss_idle_kib": idle["VmRSS"], "rss_after_kib": after["VmRSS"],
-                "rss_peak_kib": after["VmHWM"],
-                "cpu_percent": round(100 * cpu / result.duration, 1) if result.duration else 0}
+        return result, round(100 * cpu / result.duration, 1) if result.duration else 0.0
+
+
+class Target:
+    """One measured process: its rounds and memory."""
+
+    def __init__(self, name: str, pid: int, port: int, idle_kib: int) -> None:
+        self.name, self.pid, self.port, self.idle_kib = name, pid, port, idle_kib
+        self.rounds: list[tuple[LoadResult, float]] = []
+        self.comments_before: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        """Totals over the rounds; latencies and CPU of the median round (by req/s)."""
+        results = [result for result, _ in self.rounds]
+        by_rps = sorted(self.rounds, key=lambda item: item[0].rps)
+        median, cpu = by_rps[len(by_rps) // 2]
+        total = LoadResult(
+            generator=median.generator, duration=sum(r.duration for r in results),
+            requests=sum(r.requests for r in results), ok200=sum(r.ok200 for r in results),
+            non2xx=sum(r.non2xx for r in results),
+            socket_errors=sum(r.socket_errors for r in results),
+            p50_ms=median.p50_ms, p99_ms=median.p99_ms, max_ms=max(r.max_ms for r in results),
+            ok_ids=set().union(*(r.ok_ids for r in results)))
+        after = rss_kib(self.pid)
+        return {"target": self.name, **total.summary(), "rounds": len(results),
+                "round_rps": [round(r.rps) for r in results], "rss_idle_kib": self.idle_kib,
+                "rss_after_kib": after["VmRSS"], "rss_peak_kib": after["VmHWM"],
+                "cpu_percent": cpu, "_ok_ids": total.ok_ids}
+
+
+def start_bridge(cleanup: Cleanup, fakes: Any, role: str) -> Bridge:
+    bridge = Bridge(temp_dir(cleanup, f"bench-svc-{role}-"),
+                    BridgeSettings(fakes.coder_url, fakes.github_url))
+    bridge.start(cleanup, role=role)
+    return bridge
+
+
+def check_stored(row: dict[str, Any], bridge: Bridge) -> None:
+    """Every delivery answered 200 must be in the database; then stop the bridge."""
+    ok_ids: set[str] = row["_ok_ids"]
+    stored = bridge.delivery_ids("run")
+    row.update({
+        "answered_200_ids": len(ok_ids),
+        "stored_run_deliveries": len(stored),
+        "answered_200_missing_from_db": len(ok_ids - stored),
+        "stored_not_answered_200": len(stored - ok_ids),
+        "jobs_right_after_load": job_counts(bridge.db_path),
+    })
+    row["exit_status"] = bridge.stop()
+    errors = Counter(
+        json.loads(line).get("event") for line in
+        bridge.log_path.read_text(errors="replace").splitlines()
+        if '"level": "error"' in line or '"level":"error"' in line)
+    row["log_errors"] = dict(errors)
+
+
+def print_round(number: int, targets: list[Target]) -> None:
+    """One line per round on stderr: each target's req/s, and the ratio."""
+    figures = {t.name: t.rounds[-1][0].rps for t in targets}
+    text = ", ".join(f"{name} {rps:.0f} req/s" for name, rps in figures.items())
+    if figures.get("bare") and "service --role web" in figures:
+        text += f"; ratio {figures['service --role web'] / figures['bare']:.2f}"
+    log(f"  round {number}: {text}")
 
 
 def job_counts(db_path: Path) -> dict[str, int]:
@@ -155,46 +231,57 @@ def main() -> int:
             if profile_dir is not None:
                 profile_dir.mkdir(parents=True, exist_ok=True)
             with running_fakes(numbers) as fakes:
+                alternating: list[Target] = []
+                bridges: dict[str, Bridge] = {}
                 if not args.no_bare:
                     log("bare Starlette app (uvloop + httptools, access log off):")
                     bare = BareApp(temp_dir(cleanup, "bench-bare-"))
                     bare.start(cleanup)
                     assert bare.process is not None
-                    rows.append(row_of("bare", runner.measure(bare.port, bare.process.pid)))
-                    bare.stop()
-                for role in roles:
-                    log(f"service --role {role}:")
-                    bridge = Bridge(temp_dir(cleanup, f"bench-svc-{role}-"),
-                                    BridgeSettings(fakes.coder_url, fakes.github_url))
-                    bridge.start(cleanup, role=role)
+                    alternating.append(Target("bare", bare.process.pid, bare.port,
+                                              runner.prepare(bare.port, bare.process.pid)))
+                if "web" in roles:
+                    log("service --role web:")
+                    bridge = start_bridge(cleanup, fakes, "web")
                     assert bridge.process is not None
-                    comments_before = fakes.github.comment_count
-                    profile = (profile_dir / f"ingest-{role}.collapsed"
-                               if profile_dir is not None else None)
-                    measured = runner.measure(bridge.port, bridge.process.pid, profile)
-                    load: LoadResult = measured["load"]
-                    stored = bridge.delivery_ids("run-")
-                    missing = load.ok_ids - stored
-                    jobs = job_counts(bridge.db_path)
-                    row = row_of(f"service --role {role}", measured)
-                    row.update({
-                        "answered_200_ids": len(load.ok_ids),
-                        "stored_run_deliveries": len(stored),
-                        "answered_200_missing_from_db": len(missing),
-                        "stored_not_answered_200": len(stored - load.ok_ids),
-                        "jobs_right_after_load": jobs,
-                        "github_comments_posted": fakes.github.comment_count - comments_before,
-                    })
-                    if profile is not None:
-                        row["profile"] = summarize_profile(profile)
+                    bridges["service --role web"] = bridge
+                    alternating.append(Target("service --role web", bridge.process.pid,
+                                              bridge.port,
+                                              runner.prepare(bridge.port, bridge.process.pid)))
+                for number in range(1, args.rounds + 1):
+                    for target in alternating:
+                        log(f"round {number}/{args.rounds}, {target.name}:")
+                        profile = (profile_dir / f"ingest-{target.name.split()[-1]}.collapsed"
+                                   if profile_dir is not None and number == 1
+                                   and target.name != "bare" else None)
+                        target.rounds.append(runner.measure(
+                            target.port, target.pid, f"run{number}", profile))
+                    print_round(number, alternating)
+                targets = list(alternating)
+                if "all" in roles:
+                    log("service --role all:")
+                    bridge = start_bridge(cleanup, fakes, "all")
+                    assert bridge.process is not None
+                    bridges["service --role all"] = bridge
+                    target = Target("service --role all", bridge.process.pid, bridge.port,
+                                    runner.prepare(bridge.port, bridge.process.pid))
+                    target.comments_before = fakes.github.comment_count
+                    target.rounds.append(runner.measure(
+                        bridge.port, bridge.process.pid, "run1",
+                        profile_dir / "ingest-all.collapsed" if profile_dir else None))
+                    targets.append(target)
+                for target in targets:
+                    row = target.row()
+                    if target.comments_before is not None:
+                        row["github_comments_posted"] = (fakes.github.comment_count
+                                                         - target.comments_before)
+                    bridge_of = bridges.get(target.name)
+                    if bridge_of is not None:
+                        check_stored(row, bridge_of)
+                    if profile_dir is not None and target.name != "bare":
+                        row["profile"] = summarize_profile(
+                            profile_dir / f"ingest-{target.name.split()[-1]}.collapsed")
                     rows.append(row)
-                    status = bridge.stop()
-                    row["exit_status"] = status
-                    errors = Counter(
-                        json.loads(line).get("event") for line in
-                        bridge.log_path.read_text(errors="replace").splitlines()
-                        if '"level": "error"' in line or '"level":"error"' in line)
-                    row["log_errors"] = dict(errors)
         except KeyboardInterrupt:
             log("interrupted: stopping everything")
             return 130
@@ -205,16 +292,22 @@ def main() -> int:
 def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     bare = next((r for r in rows if r["target"] == "bare"), None)
     for row in rows:
+        row.pop("_ok_ids", None)
         if bare is not None and row is not bare and bare["requests_per_s"]:
             row["ratio_to_bare"] = round(row["requests_per_s"] / bare["requests_per_s"], 3)
+            if len(row["round_rps"]) == len(bare["round_rps"]) > 1:
+                ratios = sorted(s / b for s, b in zip(row["round_rps"], bare["round_rps"],
+                                                       strict=True) if b)
+                row["round_ratios"] = [round(r, 3) for r in ratios]
+                row["median_round_ratio"] = round(statistics.median(ratios), 3)
     if args.json:
         print(json.dumps({"connections": args.connections, "duration_s": args.duration,
                           "body_bytes": args.body_bytes, "rows": rows}, indent=2))
         return
     generator = rows[0]["generator"] if rows else "?"
-    print(f"ingest: {args.connections} connections, {args.duration:g} s after "
-          f"{args.warmup:g} s warm-up, {args.body_bytes}-byte signed labeled deliveries, "
-          f"{args.pool} issues; load generator: {generator}")
+    print(f"ingest: {args.connections} connections, {args.rounds} alternating round(s) of "
+          f"{args.duration:g} s after {args.warmup:g} s warm-up, {args.body_bytes}-byte signed "
+          f"labeled deliveries, {args.pool} issues; load generator: {generator}")
     print(f"{'target':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'non-2xx':>9}{'sockerr':>9}{'ratio':>8}{'RSS idle':>10}{'RSS after':>11}"
           f"{'CPU':>8}")
@@ -225,6 +318,11 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
               f"{ratio:>8}{r['rss_idle_kib'] / 1024:>8.1f}MB{r['rss_after_kib'] / 1024:>9.1f}MB"
               f"{r['cpu_percent']:>7.0f}%")
     for r in rows:
+        if len(r["round_rps"]) > 1:
+            ratios = (f"; ratio per round {', '.join(f'{x:.2f}' for x in r['round_ratios'])}, "
+                      f"median {r['median_round_ratio']:.2f}" if "round_ratios" in r else "")
+            print(f"{r['target']}: req/s per round {', '.join(map(str, r['round_rps']))}{ratios}")
+    for r in rows:
         if "stored_run_deliveries" not in r:
             continue
         verdict = ("OK" if r["answered_200_missing_from_db"] == 0
@@ -234,7 +332,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
               f"{verdict}; stored but not answered 200 (in flight at the end): "
               f"{r['stored_not_answered_200']}; jobs right after the load: "
               f"{r['jobs_right_after_load']}; comments posted to the GitHub fake by then: "
-              f"{r['github_comments_posted']}; peak RSS {r['rss_peak_kib'] / 1024:.1f} MB; "
+              f"{r.get('github_comments_posted', 0)}; peak RSS {r['rss_peak_kib'] / 1024:.1f} MB; "
               f"exit status {r['exit_status']}; error log lines: {r['log_errors'] or 'none'}")
     for r in rows:
         if "profile" in r:
