@@ -205,9 +205,9 @@ async def test_metrics_parse_and_move_as_deliveries_flow(
         return sample(after, name, **labels) - sample(before, name, **labels)
 
     total = "coder_bridge_deliveries_total"
-    assert moved(total, tracker="github", outcome="accepted") == 1
-    assert moved(total, tracker="github", outcome="duplicate") == 1
-    assert moved(total, tracker="github", outcome="ignored") == 1
+    assert moved(total, tracker="github", outcome="accepted", reason="") == 1
+    assert moved(total, tracker="github", outcome="duplicate", reason="") == 1
+    assert moved(total, tracker="github", outcome="ignored", reason="") == 1
     assert moved(total, tracker="github", outcome="rejected", reason="signature") == 1
     assert moved("coder_bridge_signature_failures_total", tracker="github") == 1
     names = {family.name for family in text_string_to_metric_families(after)}
