@@ -284,7 +284,9 @@ def test_sigterm_during_a_burst_loses_nothing(tmp_path: Path) -> None:
         bridge.link_author()
         for number in issues:
             bridge.github.add_issue("Codertocat/Hello-World", number)
-        bridge.coder.delay_next("create_task", 0.2, times=len(issues))
+        # Slow enough that 30 tasks (4 at a time) outlast sending the burst even on a slow VM,
+        # so the SIGTERM lands while jobs are queued and running.
+        bridge.coder.delay_next("create_task", 1.0, times=len(issues))
         template = fixture_bytes("github/issues__labeled.json")
         for number in issues:
             body = template.replace(b'"number": 1,', b'"number": %d,' % number)
