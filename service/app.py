@@ -19,6 +19,7 @@ from typing import Literal
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from service.coder.detect import ApiDetector, backend_factory
 from service.config import Config, InvalidConfig
@@ -38,7 +39,7 @@ from service.trackers.linear.api import LinearClient
 from service.trackers.linear.webhook import parse_linear_delivery
 from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
-from service.web.webhooks import ASGIApp, Parser, WebhookEndpoint, WebhookRouter
+from service.web.webhooks import Parser, WebhookEndpoint, WebhookRouter
 from service.worker.delegator import Delegator
 from service.worker.loop import Worker
 

@@ -102,26 +102,21 @@ def _name_logger(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutab
     return event_dict
 
 
-class _UTCSecond:
-    """The ISO-8601 text of the current UTC second, recomputed only when it changes."""
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.text = ""
-
-
-_SECOND = _UTCSecond()
+# (second, its ISO-8601 text): replaced as one tuple, so threads never see a mix.
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """``timestamp``: UTC ISO-8601 with microseconds, as ``TimeStamper(fmt="iso", utc=True)``
     writes it, at a quarter of the cost (the date part is formatted once a second)."""
+    global _last_second
     now = time.time()
     second = int(now)
-    if second != _SECOND.second:
-        _SECOND.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _SECOND.second = second
-    event_dict["timestamp"] = f"{_SECOND.text}.{int((now - second) * 1e6):06d}Z"
+    cached_second, text = _last_second
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    event_dict["timestamp"] = f"{text}.{int((now - second) * 1e6):06d}Z"
     return event_dict
 
 
@@ -133,8 +128,7 @@ class LineBatcher:
     logs one line each, and one ``write(2)`` per iteration is much cheaper than one
     per line. Outside a loop (the CLI, other threads) every flush writes at once.
     Lines still buffered when the process exits normally are written by ``atexit``;
-    a killed process can lose the lines of its last iteration (well under a
-    millisecond's worth).
+    a killed process can lose the lines of its last loop iteration.
     """
 
     def __init__(self, target: TextIO) -> None:

@@ -9,19 +9,20 @@ The endpoints are plain ASGI callables, and ``WebhookRouter`` hands them
 ``POST /webhooks/{tracker}`` before Starlette sees the request. Every delivery
 takes this path, and Starlette's middleware, routing, ``Request`` and
 ``Response`` cost about as much per request as verifying and parsing a 14 KB
-delivery (measured with bench/ingest.py). Everything else (health, metrics,
-404, 405, lifespan) still goes to the Starlette app.
+delivery (measured with bench/ingest.py). The router answers other methods on
+those paths 405 itself; everything else (health, metrics, 404, lifespan) still
+goes to the Starlette app.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import orjson
 import structlog
 from prometheus_client import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
 from service.core.events import Decision, Ignored, Ping
@@ -31,12 +32,6 @@ from service.store.base import NewDelivery
 from service.web.ingest import GroupCommitter
 
 log = get_logger("service.web")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 Parser = Callable[[Mapping[str, str], bytes], Decision]
 """Verifies and parses one tracker's delivery (headers, raw body) → decision."""
