@@ -38,7 +38,7 @@ from service.trackers.github.webhook import parse_github_delivery
 from service.trackers.linear.api import LinearClient
 from service.trackers.linear.webhook import parse_linear_delivery
 from service.web.health import MetricsEndpoint, Readiness, healthz
-from service.web.ingest import GroupCommitter
+from service.web.ingest import DeliveryCommitter, committer_for
 from service.web.webhooks import Parser, WebhookEndpoint, WebhookRouter
 from service.worker.delegator import Delegator
 from service.worker.loop import Worker
@@ -142,7 +142,7 @@ class Services:
     vault: Vault
     http: httpx.AsyncClient
     role: Role = "all"
-    committer: GroupCommitter | None = None
+    committer: DeliveryCommitter | None = None
     worker: Worker | None = None
     parsers: dict[str, Parser | None] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
@@ -188,7 +188,7 @@ async def build_services(
                                  clock=clock)
     if role in ("all", "web"):
         on_commit = services.worker.wake if services.worker is not None else None
-        services.committer = GroupCommitter(store, on_commit=on_commit)
+        services.committer = committer_for(store, on_commit=on_commit)
         services.parsers = build_parsers(config, clock)
     return services
 

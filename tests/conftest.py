@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +58,18 @@ def linear_delivery(*, sent_at: float = LINEAR_FIXTURE_SENT_AT) -> tuple[bytes, 
     headers = dict(_LINEAR_HEADERS["headers"])
     headers["Linear-Signature"] = sign_linear(body)
     return body, headers
+
+
+async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Poll ``condition`` (sync or async) for up to 10 s without blocking the bridge's loop."""
+    timeout = 10.0
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 import aiosqlite
 
@@ -58,7 +58,17 @@ from service.store.base import (
     NewDelivery,
 )
 
-__all__ = ["ACCEPT_CHUNK", "SQLiteStore", "split_statements"]
+if TYPE_CHECKING:
+    from service.store.sqlite_writer import SQLiteBatchWriter
+
+__all__ = [
+    "ACCEPT_CHUNK",
+    "SESSION_PRAGMAS",
+    "SQLiteStore",
+    "delivery_params",
+    "insert_deliveries_sql",
+    "split_statements",
+]
 
 _T = TypeVar("_T")
 _Row = Sequence[Any]
@@ -69,6 +79,12 @@ _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
 ACCEPT_CHUNK = 1000
 _MIN_SQLITE = (3, 37, 0)  # STRICT tables; RETURNING and UPSERT are older
 BUSY_TIMEOUT_MS = 5000
+#: Per-connection settings of every connection the bridge opens (WAL is per file).
+SESSION_PRAGMAS = (
+    "PRAGMA synchronous = FULL",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}",
+    "PRAGMA foreign_keys = ON",
+)
 
 # -- SQL ------------------------------------------------------------------------
 # The schema lives in migrations/sqlite/*.sql; the queries below are its API.
@@ -89,9 +105,8 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 _INSERT_DELIVERIES_HEAD = (
     "INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at) VALUES "
 )
-_INSERT_DELIVERIES_TAIL = (
-    " ON CONFLICT (tracker, delivery_id) DO NOTHING RETURNING tracker, delivery_id"
-)
+_INSERT_DELIVERIES_ON_CONFLICT = " ON CONFLICT (tracker, delivery_id) DO NOTHING"
+_RETURNING_DELIVERY_KEYS = " RETURNING tracker, delivery_id"
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
@@ -444,6 +459,19 @@ class SQLiteStore:
                 await conn.close()
 
     # -- ingest ---------------------------------------------------------------------
+    def open_batch_writer(self) -> SQLiteBatchWriter | None:
+        """A blocking ``accept`` on a new connection of its own, for a writer thread
+        (``service.web.ingest.ThreadedCommitter``); None for ``:memory:``, where a
+        second connection would be another database. The caller closes it.
+
+        Raises ``StoreError`` if the connection cannot be opened.
+        """
+        if self._path == ":memory:":
+            return None
+        from service.store.sqlite_writer import SQLiteBatchWriter  # imports this module
+
+        return SQLiteBatchWriter(self._path)
+
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
         """Store each delivery and enqueue its job, in ONE committed transaction.
 
@@ -459,7 +487,8 @@ class SQLiteStore:
         async def body(conn: aiosqlite.Connection) -> set[tuple[str, str]]:
             inserted: set[tuple[str, str]] = set()
             for chunk in chunks:
-                rows = await conn.execute_fetchall(_insert_deliveries_sql(len(chunk)), _flat(chunk))
+                rows = await conn.execute_fetchall(insert_deliveries_sql(len(chunk)),
+                                                 delivery_params(chunk))
                 inserted.update((row[0], row[1]) for row in rows)
             return inserted
 
@@ -709,9 +738,8 @@ async def _configure(conn: aiosqlite.Connection, *, in_memory: bool) -> None:
         mode = str(rows[0][0]).lower()
         if mode != "wal" and not in_memory:
             raise StoreError(f"SQLite refused WAL journal mode (got {mode!r})")
-        await conn.execute("PRAGMA synchronous = FULL")
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in SESSION_PRAGMAS:
+            await conn.execute(pragma)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot configure SQLite: {exc}") from exc
 
@@ -786,13 +814,17 @@ def split_statements(script: str) -> list[str]:
 # -- accept helpers ---------------------------------------------------------------------
 
 
-@lru_cache(maxsize=32)
-def _insert_deliveries_sql(rows: int) -> str:
-    """The multi-row INSERT of ``accept`` for ``rows`` deliveries."""
-    return _INSERT_DELIVERIES_HEAD + ",".join(["(?,?,?,?,?)"] * rows) + _INSERT_DELIVERIES_TAIL
+@lru_cache(maxsize=64)
+def insert_deliveries_sql(rows: int, *, returning: bool = True) -> str:
+    """The multi-row ``INSERT ... ON CONFLICT DO NOTHING`` of ``accept`` for ``rows``
+    deliveries; with ``returning``, it returns (tracker, delivery_id) of each new row."""
+    values = ",".join(["(?,?,?,?,?)"] * rows)
+    tail = _RETURNING_DELIVERY_KEYS if returning else ""
+    return _INSERT_DELIVERIES_HEAD + values + _INSERT_DELIVERIES_ON_CONFLICT + tail
 
 
-def _flat(deliveries: Iterable[NewDelivery]) -> list[Any]:
+def delivery_params(deliveries: Iterable[NewDelivery]) -> list[Any]:
+    """The bound parameters of ``insert_deliveries_sql`` for ``deliveries``, flat."""
     params: list[Any] = []
     for d in deliveries:
         params += (d.tracker, d.delivery_id, d.issue_key, d.event_json, float(d.received_at))

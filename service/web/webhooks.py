@@ -1,7 +1,7 @@
 """Webhook endpoints: read raw bytes → verify → parse → store durably → answer.
 
 Nothing remote happens here: the response waits only for the local commit
-(group commit, ``ingest.GroupCommitter``). Bad input gets a clear status and
+(group commit, ``service.web.ingest``). Bad input gets a clear status and
 JSON body (401 signature, 400 malformed, 413 too large); a storage failure
 gets 503 so the tracker records a failed delivery instead of a false success.
 
@@ -29,7 +29,7 @@ from service.core.events import Decision, Ignored, Ping
 from service.errors import PayloadTooLarge, SignatureError, StoreError, WebhookError
 from service.logging import get_logger
 from service.store.base import NewDelivery
-from service.web.ingest import GroupCommitter
+from service.web.ingest import DeliveryCommitter
 
 log = get_logger("service.web")
 
@@ -95,7 +95,7 @@ class WebhookEndpoint:
     """One tracker's ``POST /webhooks/{tracker}``, as an ASGI app."""
 
     def __init__(
-        self, tracker: str, parse: Parser | None, committer: GroupCommitter, *,
+        self, tracker: str, parse: Parser | None, committer: DeliveryCommitter, *,
         max_body_bytes: int, clock: Callable[[], float] = time.time,
     ) -> None:
         self.tracker = tracker

@@ -7,10 +7,8 @@ against the Coder and GitHub fakes on loopback; requests go through
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import Services, build_services, create_app
 from service.config import Config, load_config
 from service.http import InstrumentedTransport, classify_endpoint
-from tests.conftest import GITHUB_SECRET, fixture_bytes, github_headers
+from tests.conftest import GITHUB_SECRET, eventually, fixture_bytes, github_headers
 from tests.e2e.harness import ENCRYPTION_KEY
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
 from tests.fakes.server import free_port, serve_in_thread
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Poll ``condition`` (sync or async) for up to 10 s without blocking the bridge's loop."""
-    timeout = 10.0
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Clock:

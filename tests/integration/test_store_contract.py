@@ -13,10 +13,12 @@ import contextlib
 import itertools
 import os
 import sqlite3
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -46,11 +48,45 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+class IngestWriterStore:
+    """An SQLite store whose ``accept`` is ``SQLiteBatchWriter.accept`` on its own
+    connection in another thread, as the webhook path runs it (``ThreadedCommitter``)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        writer = store.open_batch_writer()
+        assert writer is not None
+        self._store, self._writer = store, writer
+        self._one_at_a_time = threading.Lock()  # as the committer's single thread
+
+    async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
+        def in_thread() -> list[bool]:
+            with self._one_at_a_time:  # held until done, even if the caller is cancelled
+                return self._writer.accept(deliveries)
+
+        return await asyncio.to_thread(in_thread)
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._store.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def open_ingest_writer_store(url: str) -> Store:
+    store = await open_store(url)
+    assert isinstance(store, SQLiteStore)
+    return cast(Store, IngestWriterStore(store))
+
+
+@pytest.fixture(params=["sqlite", "sqlite-ingest-writer", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/data/bridge.db"
         yield Backend("sqlite", lambda: open_store(url), "sqlite")
+    elif request.param == "sqlite-ingest-writer":
+        url = f"sqlite:///{tmp_path}/data/bridge.db"
+        yield Backend("sqlite-ingest-writer", lambda: open_ingest_writer_store(url), "sqlite")
     elif request.param == "postgres":
         async with postgres_schema() as url:
             yield Backend("postgres", lambda: open_store(url), "postgres")
