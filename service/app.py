@@ -201,11 +201,13 @@ def create_app(services: Services) -> ASGIApp:
     """
     config = services.config
     worker = services.worker
+    committer = services.committer
     readiness = Readiness(
         store=services.store,
         worker_heartbeat=(lambda: worker.heartbeat) if worker is not None else None,
         heartbeat_max_age=max(30.0, 5 * config.worker.poll_interval),
         clock=services.clock,
+        ingest_running=(lambda: committer.running) if committer is not None else None,
     )
     routes = [
         Route("/healthz", healthz, methods=["GET"]),

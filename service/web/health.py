@@ -1,8 +1,9 @@
 """Liveness, readiness and metrics endpoints.
 
 Liveness stays trivial. Readiness checks only what this process needs to do
-its job: the database answers, its schema is current, the worker loop (when
-this process runs one) is cycling. An outage of Coder, GitHub or Linear never
+its job: the database answers, its schema is current, the delivery writer
+(when this process takes webhooks) is running, the worker loop (when this
+process runs one) is cycling. An outage of Coder, GitHub or Linear never
 fails readiness, or Kubernetes would pull every replica; it shows in metrics.
 """
 
@@ -38,9 +39,12 @@ class Readiness:
     heartbeat_max_age: float
     clock: Callable[[], float] = time.time
     timeout: float = 2.0
+    ingest_running: Callable[[], bool] | None = None
 
     async def handle(self, _: Request) -> Response:
         checks: dict[str, Check] = {"storage": self._storage, "schema": self._schema}
+        if self.ingest_running is not None:
+            checks["ingest"] = self._ingest
         if self.worker_heartbeat is not None:
             checks["worker"] = self._worker
         results: dict[str, dict[str, str]] = {}
@@ -64,6 +68,12 @@ class Readiness:
         current, latest = await self.store.schema_status()
         if current != latest:
             return f"schema version {current}, expected {latest}: run coder-bridge migrate"
+        return None
+
+    async def _ingest(self) -> str | None:
+        assert self.ingest_running is not None
+        if not self.ingest_running():
+            return "the delivery writer has stopped: webhooks are answered 503"
         return None
 
     async def _worker(self) -> str | None:

@@ -65,12 +65,18 @@ class GroupCommitter:
         """Start the writer task (inside the running event loop)."""
         self._writer = asyncio.create_task(self._write_forever(), name="group-commit")
 
+    @property
+    def running(self) -> bool:
+        """True from ``start`` until ``stop`` or the writer task's end: deliveries can
+        be stored."""
+        return not self._closed and self._writer is not None and not self._writer.done()
+
     async def submit(self, delivery: NewDelivery) -> bool:
         """Store ``delivery`` and enqueue its job durably; True if new, False if a duplicate.
 
         Raises ``StoreError`` if the batch could not be committed or the committer is closed.
         """
-        if self._closed or self._writer is None or self._writer.done():
+        if not self.running:
             raise StoreError("the delivery store is not accepting deliveries")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((delivery, future))
@@ -165,13 +171,19 @@ class ThreadedCommitter:
                                         daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """True from ``start`` until ``stop`` or the thread's end: deliveries can be
+        stored."""
+        return not self._closed and self._exited is not None and not self._exited.done()
+
     async def submit(self, delivery: NewDelivery) -> bool:
         """Store ``delivery`` and enqueue its job durably; True if new, False if a duplicate.
 
         Raises ``StoreError`` if the batch could not be committed or the committer is
         stopped (or its thread has ended).
         """
-        if self._closed or self._loop is None or self._exited is None or self._exited.done():
+        if not self.running or self._loop is None:
             raise StoreError("the delivery store is not accepting deliveries")
         future: asyncio.Future[bool] = self._loop.create_future()
         self._queue.put((delivery, future))

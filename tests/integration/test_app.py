@@ -120,7 +120,7 @@ async def test_readiness_flips_with_the_database_file_and_back(
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.json()
     assert ready.json()["checks"] == {name: {"status": "ok"}
-                                      for name in ("storage", "schema", "worker")}
+                                      for name in ("storage", "schema", "ingest", "worker")}
 
     db = tmp_path / "bridge.db"
     db.rename(tmp_path / "elsewhere.db")  # the volume went away
@@ -166,6 +166,18 @@ async def test_readiness_fails_when_the_worker_loop_stops_and_recovers(
         return (await client.get("/readyz")).status_code == 200
 
     await eventually(ready, "readiness to recover")
+
+
+async def test_readiness_fails_when_the_delivery_writer_stops(
+    bridge: tuple[Services, httpx.AsyncClient, Clock],
+) -> None:
+    services, client, _ = bridge
+    assert services.committer is not None
+    await services.committer.stop()
+    stopped = await client.get("/readyz")
+    assert stopped.status_code == 503 and stopped.json()["failing"] == ["ingest"]
+    assert "503" in stopped.json()["checks"]["ingest"]["error"]
+    assert (await deliver(client)).status_code == 503
 
 
 async def test_metrics_parse_and_move_as_deliveries_flow(

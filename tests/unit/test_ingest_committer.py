@@ -119,7 +119,9 @@ async def test_a_failed_batch_fails_its_submitters_and_the_next_batch_still_comm
 async def test_stop_commits_everything_submitted_then_refuses_and_closes_the_writer() -> None:
     writer = RecordingWriter()
     committer = ThreadedCommitter(writer)
+    assert not committer.running
     committer.start()
+    assert committer.running
     writer.gate.clear()
     pending = [asyncio.ensure_future(committer.submit(delivery(n))) for n in range(5)]
     await eventually(writer.entered.is_set, "the writer to take a batch")
@@ -129,7 +131,7 @@ async def test_stop_commits_everything_submitted_then_refuses_and_closes_the_wri
     writer.gate.set()
     await stopping
     assert await asyncio.gather(*pending) == [True] * 5
-    assert writer.closed
+    assert writer.closed and not committer.running
     with pytest.raises(StoreError):
         await committer.submit(delivery(9))
     await committer.stop()  # twice is a no-op
@@ -160,6 +162,7 @@ async def test_a_dead_writer_thread_fails_waiting_and_later_deliveries() -> None
             await committer.submit(delivery(3))
     assert "ingest_writer_stopped" in [e["event"] for e in logs]
     assert writer.batches == [["d-1"]]
+    assert not committer.running
     await committer.stop()
     await eventually(lambda: "ingest-writer" not in {t.name for t in threading.enumerate()},
                      "the writer thread to end")  # its exception is reported in this test
