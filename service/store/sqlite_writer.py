@@ -15,12 +15,19 @@ is stored the reference way (``INSERT ... RETURNING``) to learn which rows were 
 
 Same durability as the store: WAL, ``synchronous=FULL``, so ``accept`` returns
 only after its commit is on disk.
+
+When the store's own connection (the worker's claims and updates, in role
+``all``) holds the write lock, SQLite's busy handler would sleep 1, 2, 5, 10 ms
+and more between attempts, and every delivery of the batch would wait that
+long. This connection has no busy timeout; ``BEGIN IMMEDIATE`` is retried every
+``BUSY_RETRY_SECONDS`` instead, for up to the store's busy timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from service.errors import StoreError
@@ -28,12 +35,16 @@ from service.store import first_wins
 from service.store.base import NewDelivery
 from service.store.sqlite import (
     ACCEPT_CHUNK,
+    BUSY_TIMEOUT_MS,
     SESSION_PRAGMAS,
     delivery_params,
     insert_deliveries_sql,
 )
 
-__all__ = ["SQLiteBatchWriter"]
+__all__ = ["BUSY_RETRY_SECONDS", "SQLiteBatchWriter"]
+
+#: Pause between attempts to take the write lock while another connection holds it.
+BUSY_RETRY_SECONDS = 0.0002
 
 
 class SQLiteBatchWriter:
@@ -48,6 +59,7 @@ class SQLiteBatchWriter:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             for pragma in SESSION_PRAGMAS:
                 self._conn.execute(pragma)
+            self._conn.execute("PRAGMA busy_timeout = 0")  # see _begin
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite ingest connection: {exc}") from exc
 
@@ -76,7 +88,7 @@ class SQLiteBatchWriter:
         """Insert without RETURNING; commit and True if every row was new, else roll
         back and False."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         inserted = conn.execute(insert_deliveries_sql(len(deliveries), returning=False),
                                 delivery_params(deliveries)).rowcount
         if inserted == len(deliveries):
@@ -88,13 +100,25 @@ class SQLiteBatchWriter:
     def _accept_returning(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
         conn = self._conn
         inserted: set[tuple[str, str]] = set()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         for start in range(0, len(deliveries), ACCEPT_CHUNK):
             chunk = deliveries[start : start + ACCEPT_CHUNK]
             rows = conn.execute(insert_deliveries_sql(len(chunk)), delivery_params(chunk))
             inserted.update((str(row[0]), str(row[1])) for row in rows)
         conn.execute("COMMIT")
         return first_wins(deliveries, inserted)
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, retried while another connection holds the write lock."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(BUSY_RETRY_SECONDS)
 
     def _rollback_quietly(self) -> None:
         if self._conn.in_transaction:

@@ -4,7 +4,9 @@ and ``committer_for`` with real SQLite stores."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import pytest
 import structlog
 
 from service.errors import StoreError
-from service.store import open_store
+from service.store import open_store, sqlite_writer
 from service.store.base import NewDelivery
+from service.store.sqlite import SQLiteStore
 from service.web.ingest import GroupCommitter, ThreadedCommitter, committer_for
 from tests.conftest import eventually
 
@@ -196,4 +199,45 @@ async def test_committer_for_in_memory_sqlite_stays_on_the_event_loop() -> None:
     committer.start()
     assert await committer.submit(delivery(1)) is True
     await committer.stop()
+    await store.close()
+
+
+async def test_the_batch_writer_waits_briefly_for_a_write_lock_held_elsewhere(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/bridge.db")
+    await store.migrate()
+    assert isinstance(store, SQLiteStore)
+    writer = store.open_batch_writer()
+    assert writer is not None
+    other = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. the worker's claim, on the store's connection
+    threading.Timer(0.05, other.rollback).start()
+    started = time.monotonic()
+    assert await asyncio.to_thread(writer.accept, [delivery(1)]) == [True]
+    waited = time.monotonic() - started
+    assert 0.04 < waited < 1.0  # it waited for the lock, and took it once released
+    writer.close()
+    other.close()
+    await store.close()
+
+
+async def test_the_batch_writer_gives_up_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "BUSY_TIMEOUT_MS", 100)
+    store = await open_store(f"sqlite:///{tmp_path}/bridge.db")
+    await store.migrate()
+    assert isinstance(store, SQLiteStore)
+    writer = store.open_batch_writer()
+    assert writer is not None
+    other = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match="locked"):
+        await asyncio.to_thread(writer.accept, [delivery(1)])
+    other.rollback()
+    assert await asyncio.to_thread(writer.accept, [delivery(1)]) == [True]  # nothing half-done
+    writer.close()
+    other.close()
     await store.close()
