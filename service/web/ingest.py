@@ -234,9 +234,9 @@ class ThreadedCommitter:
         except Exception as exc:  # a bug must fail the batch, not kill the thread
             outcome = StoreError(f"{type(exc).__name__}: {exc}")
         except BaseException:  # the thread ends (see _thread_ended); nobody waits forever
-            self._to_loop(self._resolve, batch, StoreError("the ingest writer stopped"))
+            self._to_loop(answer, batch, StoreError("the ingest writer stopped"), None)
             raise
-        self._to_loop(self._resolve, batch, outcome)
+        self._to_loop(answer, batch, outcome, self.on_commit)
 
     def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
         assert self._loop is not None
@@ -244,9 +244,6 @@ class ThreadedCommitter:
             self._loop.call_soon_threadsafe(callback, *args)
 
     # -- on the event loop --------------------------------------------------------------
-    def _resolve(self, batch: list[_Pending], outcome: list[bool] | StoreError) -> None:
-        answer(batch, outcome, self.on_commit)
-
     def _thread_ended(self) -> None:
         """Fail whatever is still queued (only if the thread died), then mark it ended."""
         if not self._closed:
