@@ -241,3 +241,41 @@ async def test_the_batch_writer_gives_up_after_the_busy_timeout(
     writer.close()
     other.close()
     await store.close()
+
+
+async def opened_writer(tmp_path: Path) -> tuple[SQLiteStore, sqlite_writer.SQLiteBatchWriter]:
+    store = await open_store(f"sqlite:///{tmp_path}/bridge.db")
+    await store.migrate()
+    assert isinstance(store, SQLiteStore)
+    writer = store.open_batch_writer()
+    assert isinstance(writer, sqlite_writer.SQLiteBatchWriter)
+    return store, writer
+
+
+async def test_a_batch_of_new_deliveries_is_one_statement_in_its_own_transaction(
+    tmp_path: Path,
+) -> None:
+    store, writer = await opened_writer(tmp_path)
+    statements: list[str] = []
+    writer._conn.set_trace_callback(statements.append)  # also once per trigger run
+    assert writer.accept([delivery(n) for n in range(5)]) == [True] * 5
+    assert len(set(statements)) == 1  # no BEGIN, no COMMIT, no second query
+    assert statements[0].startswith("INSERT INTO deliveries")
+    writer.close()
+    assert (await store.queue_stats(now=2e9))[0] == 5  # committed, one job each
+    await store.close()
+
+
+async def test_redeliveries_in_a_batch_are_told_apart_from_the_rows_it_added(
+    tmp_path: Path,
+) -> None:
+    store, writer = await opened_writer(tmp_path)
+    assert writer.accept([delivery(1), delivery(3)]) == [True, True]
+    batch = [delivery(2), delivery(1), delivery(4), delivery(2), delivery(3), delivery(5)]
+    assert writer.accept(batch) == [True, False, True, False, False, True]
+    assert writer.accept([delivery(4), delivery(5)]) == [False, False]
+    writer.close()
+    records = await store.list_deliveries(limit=100)
+    assert sorted(r.delivery_id for r in records) == [f"d-{n}" for n in range(1, 6)]
+    assert (await store.queue_stats(now=2e9))[0] == 5
+    await store.close()
