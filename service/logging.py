@@ -76,11 +76,17 @@ _IDENTIFIER_KEYS = frozenset({"logger_name", "tracker", "delivery_id", "issue", 
                               "attempt"})
 
 
+# Event names are mostly constants ("webhook_accepted"): redacted once, then looked up.
+_redact_event_name = functools.lru_cache(maxsize=512)(redact_text)
+_EVENT_NAME_MAX = 80
+
+
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask sensitive keys and token-shaped text in every entry."""
     for key, value in list(event_dict.items()):
         if key == "event" and isinstance(value, str):
-            event_dict[key] = redact_text(value)
+            event_dict[key] = (_redact_event_name(value) if len(value) <= _EVENT_NAME_MAX
+                               else redact_text(value))
         elif key != "event" and key not in _IDENTIFIER_KEYS:
             event_dict[key] = _redact_value(key, value)
     return event_dict
@@ -173,6 +179,37 @@ def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event_dict, default=repr).decode()
 
 
+# Where ``hot_info`` writes: the JSON sink while INFO lines are on, else None (structlog).
+_hot_sink: LineBatcher | None = None
+
+
+def hot_info(logger_name: str, event: str, **fields: Any) -> None:
+    """Log the INFO line ``get_logger(logger_name).info(event, **fields)`` would write,
+    for about half the cost: for lines written on every request.
+
+    With JSON output and INFO enabled, the same processors run in one function and
+    the line goes straight to the sink: the same keys, in the same order, redacted
+    alike. structlog's bound logger, processor loop and ``WriteLogger`` took about
+    as much again as the processors themselves, and the webhook outcome line was a
+    seventh of the cost of a delivery (bench/ingest.py). Otherwise (console output,
+    a level above INFO) this is that structlog call. ``fields`` must not carry
+    ``exc_info``: exceptions go through structlog.
+    """
+    sink = _hot_sink
+    if sink is None:
+        structlog.get_logger(logger_name=logger_name).info(event, **fields)
+        return
+    event_dict: dict[str, Any] = {**fields, "event": event}
+    for key, value in structlog.contextvars.get_contextvars().items():
+        event_dict.setdefault(key, value)
+    redact(None, "info", event_dict)
+    event_dict["logger"] = logger_name
+    event_dict["level"] = "info"
+    _timestamp(None, "info", event_dict)
+    sink.write(_render_json(None, "info", event_dict) + "\n")
+    sink.flush()
+
+
 def configure_logging(
     *, json_output: bool | None = None, level: str = "INFO", stream: TextIO | None = None
 ) -> None:
@@ -207,6 +244,8 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=target.isatty())
         finish = []
     numeric_level = logging.getLevelName(level)
+    global _hot_sink
+    _hot_sink = out if json_output and numeric_level <= logging.INFO else None
     structlog.configure(
         processors=[*shared, *finish, renderer],
         logger_factory=structlog.WriteLoggerFactory(sink),

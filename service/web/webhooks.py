@@ -27,11 +27,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import metrics
 from service.core.events import Decision, Ignored, Ping
 from service.errors import PayloadTooLarge, SignatureError, StoreError, WebhookError
-from service.logging import get_logger
+from service.logging import get_logger, hot_info
 from service.store.base import NewDelivery
 from service.web.ingest import DeliveryCommitter
 
-log = get_logger("service.web")
+LOGGER = "service.web"
+log = get_logger(LOGGER)
 
 Parser = Callable[[Mapping[str, str], bytes], Decision]
 """Verifies and parses one tracker's delivery (headers, raw body) → decision."""
@@ -134,11 +135,11 @@ class WebhookEndpoint:
             return self._reject(exc)
         if isinstance(decision, Ping):
             self._count("ignored", "ping")
-            log.info("webhook_ping")
+            hot_info(LOGGER, "webhook_ping")
             return 200, {"status": "pong"}
         if isinstance(decision, Ignored):
             self._count("ignored", "")
-            log.info("webhook_ignored", reason=decision.reason)
+            hot_info(LOGGER, "webhook_ignored", reason=decision.reason)
             return 200, {"status": "ignored", "reason": decision.reason}
         event = decision.event
         structlog.contextvars.bind_contextvars(delivery_id=event.delivery_id)
@@ -154,7 +155,7 @@ class WebhookEndpoint:
                          "message": "the delivery could not be stored; retry later"}
         outcome = "accepted" if is_new else "duplicate"
         self._count(outcome, "")
-        log.info("webhook_" + outcome, issue=event.issue_key)
+        hot_info(LOGGER, "webhook_" + outcome, issue=event.issue_key)
         return 200, {"status": outcome, "delivery_id": event.delivery_id}
 
     def _reject(self, exc: WebhookError) -> tuple[int, dict[str, object]]:

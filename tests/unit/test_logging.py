@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from service.logging import configure_logging, get_logger, redact_text
+from service.logging import configure_logging, get_logger, hot_info, redact_text
 
 CODER_TOKEN = "abcde12345-AbCdEfGhIjKlMnOpQrStUv"
 
@@ -123,3 +123,38 @@ def test_timestamps_are_utc_iso_8601_with_microseconds_and_current() -> None:
     stamp = json.loads(stream.getvalue())["timestamp"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+
+
+def test_hot_info_writes_the_line_structlog_writes_with_the_same_redaction() -> None:
+    stream = io.StringIO()
+    configure_logging(json_output=True, stream=stream)
+    structlog.contextvars.bind_contextvars(tracker="github", delivery_id="d-7")
+    fields = {"issue": "github:42:7", "reason": f"label 'x' carried {CODER_TOKEN}",
+              "webhook_secret": "s3cret-hook"}
+    try:
+        get_logger("service.web").info("webhook_ignored", **fields)
+        hot_info("service.web", "webhook_ignored", **fields)
+        hot_info("service.web", f"leaked {GITHUB_TOKEN}")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    output = stream.getvalue()
+    for secret in (CODER_TOKEN, GITHUB_TOKEN, "s3cret-hook"):
+        assert secret not in output
+    by_structlog, by_hot_info, leaked = (json.loads(line) for line in output.splitlines())
+    assert by_structlog.pop("timestamp") <= by_hot_info.pop("timestamp")
+    assert list(by_hot_info.items()) == list(by_structlog.items())  # same keys, same order
+    assert by_hot_info["delivery_id"] == "d-7" and by_hot_info["level"] == "info"
+    assert leaked["event"] == "leaked [redacted]"
+
+
+def test_hot_info_obeys_the_level_and_the_console_format() -> None:
+    quiet = io.StringIO()
+    configure_logging(json_output=True, level="WARNING", stream=quiet)
+    hot_info("service.web", "webhook_accepted", issue="github:1:1")
+    assert quiet.getvalue() == ""
+    console = io.StringIO()
+    configure_logging(json_output=False, stream=console)
+    hot_info("service.web", "webhook_accepted", issue="github:1:1")
+    line = console.getvalue()
+    assert "webhook_accepted" in line and "issue=github:1:1" in line
+    assert not line.lstrip().startswith("{")
