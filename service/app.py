@@ -46,6 +46,10 @@ from service.worker.loop import Worker
 Role = Literal["all", "web", "worker"]
 DEV_KEY_FILE = Path("data") / "dev-encryption.key"
 SHUTDOWN_GRACE_SECONDS = 20.0
+#: The longest a job waits for room under GitHub's content limits (80 a minute, 500 an
+#: hour) before it is deferred instead: its worker slot goes to the next job (other
+#: issues' tasks, Linear), and it runs again when there is room, its attempt uncounted.
+MAX_PACING_WAIT_SECONDS = 5.0
 
 log = get_logger("service.app")
 
@@ -90,7 +94,8 @@ def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, Issue
         else:  # load_config requires one of the two
             raise InvalidConfig([ConfigError("github.token", "no GitHub credential")])
         limiter = ContentRateLimiter(github.content_windows)
-        commenters["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter)
+        commenters["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter,
+                                            max_pacing_wait=MAX_PACING_WAIT_SECONDS)
     linear = config.linear
     if linear is not None and linear.api_key is not None:
         commenters["linear"] = LinearClient(linear.api_url, linear.api_key.reveal(), http=http)

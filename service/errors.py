@@ -114,6 +114,19 @@ class RateLimited(TransientError):
     """The remote asked us to slow down; ``retry_after`` is seconds to wait, if known."""
 
 
+class PacingDeferred(Exception):
+    """Our own pacing of a remote (GitHub's content limits) has no room for ``seconds``.
+
+    Not a remote failure: the job that met it is run again then, and the attempt is
+    not counted, so a burst of hundreds of issues never makes a job give up.
+    """
+
+    def __init__(self, service: str, seconds: float) -> None:
+        super().__init__(f"{service}: content-creation pacing has room again in {seconds:.0f} s")
+        self.service = service
+        self.seconds = seconds
+
+
 class PermanentError(RemoteError):
     """The same request will fail again; report it instead of retrying."""
 

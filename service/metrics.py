@@ -35,7 +35,7 @@ JOB_ATTEMPTS = Counter(
 )
 JOBS = Counter(
     "coder_bridge_jobs_total",
-    "Job attempts by result (done, retry, failed, released).",
+    "Job attempts by result (done, retry, failed, released, deferred).",
     ["outcome"],
     registry=REGISTRY,
 )

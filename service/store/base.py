@@ -175,8 +175,9 @@ class Store(Protocol):
         """Mark the job ``failed`` (permanent error or attempts exhausted)."""
         ...
 
-    async def release_job(self, job_id: int, owner: str) -> None:
-        """Give the job back unfinished (shutdown): ``queued``, this attempt not counted."""
+    async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
+        """Give the job back unfinished (shutdown, pacing): ``queued``, this attempt not
+        counted, to run at ``run_at`` (None: keep its ``run_at``)."""
         ...
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:

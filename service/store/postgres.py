@@ -139,7 +139,8 @@ WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 _RELEASE_JOB = """
 UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0),
-    lease_owner = NULL, lease_until = NULL, updated_at = $3
+    run_at = coalesce($4::double precision, run_at), lease_owner = NULL, lease_until = NULL,
+    updated_at = $3
 WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 _QUEUE_STATS = """
@@ -414,9 +415,10 @@ class PostgresStore:
         """Mark the job ``failed``; a no-op unless ``owner`` holds it."""
         await self._execute(_FAIL_JOB, job_id, owner, error, time.time())
 
-    async def release_job(self, job_id: int, owner: str) -> None:
-        """Give the job back uncounted; a no-op unless ``owner`` holds it."""
-        await self._execute(_RELEASE_JOB, job_id, owner, time.time())
+    async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
+        """Give the job back uncounted, at ``run_at`` (None: its old one); a no-op
+        unless ``owner`` holds it."""
+        await self._execute(_RELEASE_JOB, job_id, owner, time.time(), run_at)
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:
         """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""

@@ -171,7 +171,8 @@ WHERE id = :id AND status = 'running' AND lease_owner = :owner
 """
 _RELEASE_JOB = """
 UPDATE jobs SET status = 'queued', attempts = max(attempts - 1, 0),
-    lease_owner = NULL, lease_until = NULL, updated_at = :wall
+    run_at = coalesce(:run_at, run_at), lease_owner = NULL, lease_until = NULL,
+    updated_at = :wall
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 """
 _QUEUE_STATS = """
@@ -534,10 +535,11 @@ class SQLiteStore:
         params = {"id": job_id, "owner": owner, "error": error, "wall": time.time()}
         await self._rowcount(_FAIL_JOB, params)
 
-    async def release_job(self, job_id: int, owner: str) -> None:
-        """Give the job back: ``queued`` at its old ``run_at``, lease dropped, this
-        attempt not counted; a no-op unless ``owner`` holds it."""
-        await self._rowcount(_RELEASE_JOB, {"id": job_id, "owner": owner, "wall": time.time()})
+    async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
+        """Give the job back: ``queued`` at ``run_at`` (None: its old one), lease
+        dropped, this attempt not counted; a no-op unless ``owner`` holds it."""
+        await self._rowcount(_RELEASE_JOB, {"id": job_id, "owner": owner, "run_at": run_at,
+                                            "wall": time.time()})
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:
         """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""

@@ -37,6 +37,7 @@ from service.core.events import IssueEvent
 from service.core.prompt import issue_reference, render_prompt
 from service.core.retry import GiveUp, decide_retry
 from service.errors import (
+    PacingDeferred,
     PermanentError,
     RemoteError,
     TokenRejected,
@@ -77,7 +78,16 @@ class Failed:
     outcome: str
 
 
-JobResult = Done | RetryLater | Failed
+@dataclass(frozen=True)
+class Deferred:
+    """Run the job again in ``seconds`` without counting this attempt: our own pacing
+    of GitHub's content limits had no room (``PacingDeferred``). Whatever the job did
+    before (a task created) is recorded; the next run continues from there."""
+
+    seconds: float
+
+
+JobResult = Done | RetryLater | Failed | Deferred
 
 
 class _Permanent(Exception):
@@ -113,6 +123,13 @@ class Delegator:
 
     async def run(self, job: Job) -> JobResult:
         """Do (or finish) the delegation a job asks for; classify any failure."""
+        try:
+            return await self._run(job)
+        except PacingDeferred as exc:  # from any comment, the give-up comment included
+            log.info("job_deferred_by_pacing", seconds=round(exc.seconds, 1))
+            return Deferred(exc.seconds)
+
+    async def _run(self, job: Job) -> JobResult:
         event = IssueEvent.from_json(job.event_json)
         delegation: Delegation | None = None
         try:
@@ -127,7 +144,7 @@ class Delegator:
             # inside _advance. We cannot comment, so the log line is the outcome.
             log.error("job_failed_tracker_error", error=str(exc), service=exc.service)
             result = Failed(str(exc), "failed")
-        if delegation is not None and not isinstance(result, RetryLater):
+        if delegation is not None and isinstance(result, Done | Failed):
             metrics.DELEGATIONS.labels(result.outcome).inc()
         return result
 

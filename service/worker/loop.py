@@ -24,7 +24,14 @@ from service.config import WorkerConfig
 from service.core.retry import RetryIn, decide_retry
 from service.logging import get_logger
 from service.store.base import Job, Store
-from service.worker.delegator import Delegator, Done, Failed, JobResult, RetryLater
+from service.worker.delegator import (
+    Deferred,
+    Delegator,
+    Done,
+    Failed,
+    JobResult,
+    RetryLater,
+)
 
 log = get_logger("service.worker")
 
@@ -142,6 +149,9 @@ class Worker:
             await self.store.retry_job(job.id, self.owner, run_at=self.clock() + result.seconds,
                                        error=result.error)
             metrics.JOBS.labels("retry").inc()
+        elif isinstance(result, Deferred):
+            await self.store.release_job(job.id, self.owner, run_at=self.clock() + result.seconds)
+            metrics.JOBS.labels("deferred").inc()
         else:
             await self.store.fail_job(job.id, self.owner, error=result.error)
             metrics.JOBS.labels("failed").inc()

@@ -351,6 +351,19 @@ async def test_release_gives_the_job_back_without_counting_the_attempt(store: St
     assert (again.id, again.attempts) == (job.id, 1)
 
 
+async def test_release_to_a_later_run_at_defers_the_job_uncounted(store: Store) -> None:
+    await store.accept([d := delivery(received_at=T0)])
+    job = await claim_one(store, "A", now=T0 + 1)
+    await store.release_job(job.id, "B", run_at=T0 + 60)  # not B's lease: nothing changes
+    assert await job_status(store, d.delivery_id) == ("running", 1, None)
+    await store.release_job(job.id, "A", run_at=T0 + 60)
+    assert await job_status(store, d.delivery_id) == ("queued", 0, None)
+    assert await store.claim("B", now=T0 + 59, lease_seconds=LEASE, limit=5) == []
+    assert await store.queue_stats(now=T0 + 59) == (1, 0.0)  # waiting, not overdue
+    again = await claim_one(store, "B", now=T0 + 60)
+    assert (again.id, again.attempts) == (job.id, 1)
+
+
 async def test_queue_stats_counts_live_jobs_and_ages_the_oldest_runnable(store: Store) -> None:
     assert await store.queue_stats(now=T0) == (0, 0.0)
     await store.accept([delivery("i:1", received_at=T0), delivery("i:2", received_at=T0 + 5)])

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from service.core.events import IssueEvent
+from service.errors import PacingDeferred
 from service.trackers.github.api import GitHubClient, TokenAuth
 from service.trackers.github.ratelimit import (
     CONTENT_CREATION_WINDOWS,
@@ -269,3 +270,34 @@ async def test_client_makes_its_own_limiter_by_default() -> None:
         client = GitHubClient(API, TokenAuth("t"), http=http)
         await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} x", comment_id=None)
     assert [m for _, m in log] == ["GET", "POST"]
+
+
+async def test_permit_with_max_wait_defers_instead_of_waiting_and_counts_nothing() -> None:
+    time = FakeTime()
+    limiter = limiter_with(time, [(2, 60.0)])
+    for _ in range(2):
+        async with limiter.permit(max_wait=5.0):
+            time.now += 1  # each request takes a second
+    with pytest.raises(PacingDeferred) as raised:
+        async with limiter.permit(max_wait=5.0):
+            pytest.fail("admitted past the window")
+    assert raised.value.seconds == pytest.approx(58.0)  # the first is 60 s old at START + 60
+    assert time.sleeps == [] and limiter.recent() == [START, START + 1]
+    time.now = START + 56  # now room comes within max_wait: it waits rather than defers
+    async with limiter.permit(max_wait=5.0):
+        pass
+    assert time.sleeps == [pytest.approx(4.0)]
+
+
+async def test_client_with_max_pacing_wait_raises_deferral_before_posting() -> None:
+    time = FakeTime()
+    log: list[tuple[float, str]] = []
+    limiter = limiter_with(time, [(1, 60.0)])
+    async with httpx.AsyncClient(transport=github_transport(log, time)) as http:
+        client = GitHubClient(API, TokenAuth("t"), http=http, limiter=limiter,
+                              max_pacing_wait=5.0)
+        await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} 1", comment_id=None)
+        with pytest.raises(PacingDeferred):
+            await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} 2",
+                                        comment_id=None)
+    assert [m for _, m in log] == ["GET", "POST", "GET"]  # the second POST was never sent

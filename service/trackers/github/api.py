@@ -236,7 +236,10 @@ class GitHubClient:
     is used only to compute rate-limit waits. ``limiter`` paces the mutating
     requests (POST/PATCH/PUT/DELETE; GETs are not content-creating); when
     ``None`` the client makes its own with GitHub's limits. Share one limiter
-    between clients that act as the same GitHub identity.
+    between clients that act as the same GitHub identity. With ``max_pacing_wait``
+    (seconds), a mutating request that would wait longer than that for the limiter
+    raises ``PacingDeferred`` instead of waiting (the worker then defers its job
+    rather than hold a slot for up to an hour); without, it waits.
 
     With a ``GitHubAppCredential`` and an event without ``installation_id``
     (a repository hook), the installation is looked up by repository.
@@ -250,6 +253,7 @@ class GitHubClient:
         http: httpx.AsyncClient,
         clock: Callable[[], float] = time.time,
         limiter: ContentRateLimiter | None = None,
+        max_pacing_wait: float | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
         self._origin = _origin(self._api_url)
@@ -257,6 +261,7 @@ class GitHubClient:
         self._http = http
         self._clock = clock
         self._limiter = limiter if limiter is not None else ContentRateLimiter()
+        self._max_pacing_wait = max_pacing_wait
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r})"
@@ -372,11 +377,12 @@ class GitHubClient:
     ) -> tuple[Any, httpx.Response]:
         """One request with a single retry after a 401 (the credential may be refreshed).
 
-        Mutating methods wait for, and run under, the content-creation limiter.
+        Mutating methods wait for, and run under, the content-creation limiter (or
+        raise ``PacingDeferred``, see ``max_pacing_wait``).
         """
         for attempt in (1, 2):
             if method.upper() in MUTATING_METHODS:
-                async with self._limiter.permit():
+                async with self._limiter.permit(max_wait=self._max_pacing_wait):
                     response = await self._request_once(method, url, installation_id, params, json)
             else:
                 response = await self._request_once(method, url, installation_id, params, json)

@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
+from service.errors import PacingDeferred
+
 Window = tuple[int, float]
 """``(limit, seconds)``: at most ``limit`` requests in any ``seconds``-long span."""
 
@@ -91,26 +93,31 @@ class ContentRateLimiter:
             await self._admit()
 
     @asynccontextmanager
-    async def permit(self) -> AsyncIterator[None]:
+    async def permit(self, *, max_wait: float | None = None) -> AsyncIterator[None]:
         """Like ``acquire``, and hold the lock until the block ends.
 
         Wrap a mutating request in it so that mutating requests run one at a
-        time, as GitHub asks.
+        time, as GitHub asks. With ``max_wait``, a request that would have to wait
+        longer for room in the windows is not admitted: ``PacingDeferred`` says in
+        how many seconds there will be room, and nothing is counted.
         """
         async with self._lock:
-            await self._admit()
+            await self._admit(max_wait)
             yield
 
     def recent(self) -> list[float]:
         """Start times of the requests still inside the longest window (ascending)."""
         return list(self._timestamps)
 
-    async def _admit(self) -> None:
-        """Sleep until the windows have room, then record the request (caller holds the lock)."""
+    async def _admit(self, max_wait: float | None = None) -> None:
+        """Sleep until the windows have room, then record the request (caller holds the
+        lock); raise ``PacingDeferred`` instead if that is more than ``max_wait`` away."""
         while True:
             now = self._clock()
             self._forget_before(now - self._longest)
             wait = delay_needed(self._timestamps, self._windows, now)
+            if max_wait is not None and wait > max_wait:
+                raise PacingDeferred("github", wait)
             if wait <= 0:
                 last = self._timestamps[-1] if self._timestamps else now
                 self._timestamps.append(max(now, last))  # stays ascending if the clock steps back
