@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from service.errors import StoreError
 from service.store import open_store, sqlite_writer
@@ -155,7 +156,7 @@ async def test_a_dead_writer_thread_fails_waiting_and_later_deliveries() -> None
     in_flight = asyncio.ensure_future(committer.submit(delivery(1)))
     await eventually(writer.entered.is_set, "the writer to take a batch")
     queued = asyncio.ensure_future(committer.submit(delivery(2)))
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         writer.gate.set()
         for waiting in (in_flight, queued):
             with pytest.raises(StoreError):
@@ -278,4 +279,21 @@ async def test_redeliveries_in_a_batch_are_told_apart_from_the_rows_it_added(
     records = await store.list_deliveries(limit=100)
     assert sorted(r.delivery_id for r in records) == [f"d-{n}" for n in range(1, 6)]
     assert (await store.queue_stats(now=2e9))[0] == 5
+    await store.close()
+
+
+async def test_rows_the_statement_added_that_cannot_be_found_are_logged_never_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, writer = await opened_writer(tmp_path)
+    assert writer.accept([delivery(1)]) == [True]
+    # As if the rowids of one statement were not consecutive: the lookup finds one of two.
+    monkeypatch.setattr(sqlite_writer, "_ADDED_BY_STATEMENT",
+                        sqlite_writer._ADDED_BY_STATEMENT + " LIMIT 1")
+    with capture_logs() as logs:
+        answers = writer.accept([delivery(1), delivery(2), delivery(3)])
+    assert answers[0] is False and answers[1:].count(True) == 1
+    assert [entry["event"] for entry in logs] == ["delivery_batch_rowids_not_consecutive"]
+    writer.close()
+    assert (await store.queue_stats(now=2e9))[0] == 3  # every new delivery is stored and queued
     await store.close()
