@@ -289,7 +289,7 @@ async def test_permit_with_max_wait_defers_instead_of_waiting_and_counts_nothing
     assert time.sleeps == [pytest.approx(4.0)]
 
 
-async def test_client_with_max_pacing_wait_raises_deferral_before_posting() -> None:
+async def test_client_with_max_pacing_wait_defers_before_sending_anything() -> None:
     time = FakeTime()
     log: list[tuple[float, str]] = []
     limiter = limiter_with(time, [(1, 60.0)])
@@ -300,4 +300,10 @@ async def test_client_with_max_pacing_wait_raises_deferral_before_posting() -> N
         with pytest.raises(PacingDeferred):
             await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} 2",
                                         comment_id=None)
-    assert [m for _, m in log] == ["GET", "POST", "GET"]  # the second POST was never sent
+    assert [m for _, m in log] == ["GET", "POST"]  # not even the second search was sent
+    time.now += 56  # room within max_wait: the search goes, then the POST after the wait
+    async with httpx.AsyncClient(transport=github_transport(log, time)) as http:
+        client = GitHubClient(API, TokenAuth("t"), http=http, limiter=limiter,
+                              max_pacing_wait=5.0)
+        await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} 2", comment_id=None)
+    assert [(t - START, m) for t, m in log][2:] == [(56, "GET"), (60, "POST")]

@@ -277,7 +277,8 @@ class GitHubClient:
         body); else creates the comment. Returns the comment id as text. Safe to
         repeat after any failure. A body over 65 536 characters is refused with
         ``PermanentError`` before anything is sent; a body without ``marker`` is
-        a programming error (``ValueError``).
+        a programming error (``ValueError``). With ``max_pacing_wait``, raises
+        ``PacingDeferred`` before any request when the limiter has no room soon.
         """
         if not marker or marker not in body:
             raise ValueError("the comment body must contain its non-empty marker")
@@ -286,6 +287,8 @@ class GitHubClient:
                 SERVICE,
                 f"the comment is longer than GitHub's limit of {MAX_COMMENT_CHARS} characters",
             )
+        if self._max_pacing_wait is not None:  # defer before the lookups, not after them
+            self._limiter.check_room(self._max_pacing_wait)
         owner, repo, number = _issue_coordinates(event)
         installation = await self._installation(event.installation_id, owner, repo)
         if comment_id and comment_id.isdigit():

@@ -105,6 +105,14 @@ class ContentRateLimiter:
             await self._admit(max_wait)
             yield
 
+    def check_room(self, max_wait: float) -> None:
+        """Raise ``PacingDeferred`` if a request made now would wait more than
+        ``max_wait`` seconds; count nothing. Lets a caller give up before the reads
+        that lead to its write (each costs a request against GitHub's hourly limit)."""
+        wait = delay_needed(self._timestamps, self._windows, self._clock())
+        if wait > max_wait:
+            raise PacingDeferred("github", wait)
+
     def recent(self) -> list[float]:
         """Start times of the requests still inside the longest window (ascending)."""
         return list(self._timestamps)
