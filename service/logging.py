@@ -179,8 +179,10 @@ def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event_dict, default=repr).decode()
 
 
-# Where ``hot_info`` writes: the JSON sink while INFO lines are on, else None (structlog).
+# Where ``hot_info`` writes: the JSON sink while INFO lines are on, else None (structlog);
+# and the processor list it mirrors (structlog keeps this very list object).
 _hot_sink: LineBatcher | None = None
+_hot_processors: list[Any] = []
 
 
 def hot_info(logger_name: str, event: str, **fields: Any) -> None:
@@ -192,11 +194,14 @@ def hot_info(logger_name: str, event: str, **fields: Any) -> None:
     alike. structlog's bound logger, processor loop and ``WriteLogger`` took about
     as much again as the processors themselves, and the webhook outcome line was a
     seventh of the cost of a delivery (bench/ingest.py). Otherwise (console output,
-    a level above INFO) this is that structlog call. ``fields`` must not carry
-    ``exc_info``: exceptions go through structlog.
+    a level above INFO), and whenever structlog no longer runs the configuration
+    ``configure_logging`` installed (reset, or its processors swapped in place, as
+    ``structlog.testing.capture_logs`` does), this is that structlog call.
+    ``fields`` must not carry ``exc_info``: exceptions go through structlog.
     """
     sink = _hot_sink
-    if sink is None:
+    processors = structlog.get_config()["processors"]
+    if sink is None or processors is not _hot_processors or processors[-1] is not _render_json:
         structlog.get_logger(logger_name=logger_name).info(event, **fields)
         return
     event_dict: dict[str, Any] = {**fields, "event": event}
@@ -244,10 +249,11 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=target.isatty())
         finish = []
     numeric_level = logging.getLevelName(level)
-    global _hot_sink
+    global _hot_sink, _hot_processors
     _hot_sink = out if json_output and numeric_level <= logging.INFO else None
+    _hot_processors = [*shared, *finish, renderer]
     structlog.configure(
-        processors=[*shared, *finish, renderer],
+        processors=_hot_processors,
         logger_factory=structlog.WriteLoggerFactory(sink),
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=True,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 import structlog
+import structlog.testing
 
 from service.logging import configure_logging, get_logger, hot_info, redact_text
 
@@ -158,3 +159,14 @@ def test_hot_info_obeys_the_level_and_the_console_format() -> None:
     line = console.getvalue()
     assert "webhook_accepted" in line and "issue=github:1:1" in line
     assert not line.lstrip().startswith("{")
+
+
+def test_hot_info_follows_structlog_when_its_configuration_is_replaced() -> None:
+    stream = io.StringIO()
+    configure_logging(json_output=True, stream=stream)
+    with structlog.testing.capture_logs() as captured:
+        hot_info("service.web", "webhook_accepted", issue="github:1:1")
+    assert [entry["event"] for entry in captured] == ["webhook_accepted"]
+    structlog.reset_defaults()
+    hot_info("service.web", "webhook_duplicate", issue="github:1:1")
+    assert stream.getvalue() == ""  # neither line bypassed what structlog was told to do
