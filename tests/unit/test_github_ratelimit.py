@@ -307,3 +307,26 @@ async def test_client_with_max_pacing_wait_defers_before_sending_anything() -> N
                               max_pacing_wait=5.0)
         await client.upsert_comment(EVENT, marker=MARKER, body=f"{MARKER} 2", comment_id=None)
     assert [(t - START, m) for t, m in log][2:] == [(56, "GET"), (60, "POST")]
+
+
+async def test_deferrals_are_told_successive_slots_not_one_moment() -> None:
+    time = FakeTime()
+    limiter = limiter_with(time, [(2, 60.0)])
+    for _ in range(2):
+        async with limiter.permit():
+            time.now += 1
+    told = []
+    for _ in range(4):  # four jobs meet the full window at the same moment
+        with pytest.raises(PacingDeferred) as raised:
+            async with limiter.permit(max_wait=5.0):
+                pass
+        told.append(time.now + raised.value.seconds - START)
+    assert told == [60, 61, 120, 121]  # when each place in the window frees up, in turn
+    time.now = START + 100  # slots 60 and 61 have passed: they push nobody back any more
+    for _ in range(2):  # whoever asks when there is room gets it: the window is full again
+        async with limiter.permit(max_wait=5.0):
+            time.now += 1
+    with pytest.raises(PacingDeferred) as raised:
+        async with limiter.permit(max_wait=5.0):
+            pass
+    assert time.now + raised.value.seconds - START == 180  # after the promised 120 and 121

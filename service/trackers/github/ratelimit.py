@@ -79,6 +79,7 @@ class ContentRateLimiter:
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._timestamps: list[float] = []
+        self._promised: list[float] = []  # future slots told to deferred callers, ascending
 
     def __repr__(self) -> str:
         return f"ContentRateLimiter(windows={list(self._windows)!r})"
@@ -99,7 +100,13 @@ class ContentRateLimiter:
         Wrap a mutating request in it so that mutating requests run one at a
         time, as GitHub asks. With ``max_wait``, a request that would have to wait
         longer for room in the windows is not admitted: ``PacingDeferred`` says in
-        how many seconds there will be room, and nothing is counted.
+        how many seconds to come back, and nothing is counted.
+
+        Each deferral is told a later slot than the deferrals still outstanding (the
+        k-th deferred caller gets about the k-th free slot), so that deferred jobs come
+        back spread out instead of all at the one moment a window frees a place.
+        Slots are a schedule, not a reservation: whoever asks when there is room
+        gets it.
         """
         async with self._lock:
             await self._admit(max_wait)
@@ -125,12 +132,20 @@ class ContentRateLimiter:
             self._forget_before(now - self._longest)
             wait = delay_needed(self._timestamps, self._windows, now)
             if max_wait is not None and wait > max_wait:
-                raise PacingDeferred("github", wait)
+                raise PacingDeferred("github", self._promise_slot(now) - now)
             if wait <= 0:
                 last = self._timestamps[-1] if self._timestamps else now
                 self._timestamps.append(max(now, last))  # stays ascending if the clock steps back
                 return
             await self._sleep(wait)
+
+    def _promise_slot(self, now: float) -> float:
+        """The next free slot after every outstanding promised one; promise it."""
+        del self._promised[: bisect.bisect_right(self._promised, now)]
+        planned = self._timestamps + self._promised  # both ascending, promised all > now
+        slot = now + delay_needed(planned, self._windows, now)
+        self._promised.append(max(slot, self._promised[-1] if self._promised else slot))
+        return self._promised[-1]
 
     def _forget_before(self, cutoff: float) -> None:
         del self._timestamps[: bisect.bisect_right(self._timestamps, cutoff)]
