@@ -80,7 +80,10 @@ class SQLiteBatchWriter:
 
         The contract of ``Store.accept``: per input, True if new, False for a
         duplicate (the first of a batch wins). Raises ``StoreError``; then nothing
-        of the batch is stored.
+        of the batch is stored, with one exception: when a batch with redeliveries
+        is committed but the read of which rows it added then fails, the batch is
+        stored (and its jobs queued) although ``StoreError`` is raised. The tracker
+        retries, and its retries are answered as duplicates: nothing is lost or doubled.
         """
         if not deliveries:
             return []
