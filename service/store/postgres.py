@@ -77,7 +77,9 @@ SELECT tracker, delivery_id FROM stored
 # Two candidate streams, each walked in (run_at, id) order on its partial index and
 # locked SKIP LOCKED: due queued jobs, and running jobs whose lease ended (their worker
 # died). A candidate is skipped if its issue has a job under a lease valid at $2 or an
-# older live job, so only the oldest live job of an issue can ever be chosen.
+# older live job (by id: arrival order, whatever the run_at), so only the oldest live
+# job of an issue can ever be chosen, and a job retried or deferred to later keeps its
+# issue's newer jobs waiting behind it.
 _CLAIM = """
 WITH due AS (
     SELECT j.id, j.run_at FROM jobs AS j
@@ -88,7 +90,7 @@ WITH due AS (
           AND NOT EXISTS (
               SELECT 1 FROM jobs AS o
               WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
-                AND (o.run_at, o.id) < (j.run_at, j.id))
+                AND o.id < j.id)
     ORDER BY j.run_at, j.id
     LIMIT $4
     FOR UPDATE OF j SKIP LOCKED
@@ -101,7 +103,7 @@ WITH due AS (
           AND NOT EXISTS (
               SELECT 1 FROM jobs AS o
               WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
-                AND (o.run_at, o.id) < (j.run_at, j.id))
+                AND o.id < j.id)
     ORDER BY j.run_at, j.id
     LIMIT $4
     FOR UPDATE OF j SKIP LOCKED

@@ -111,7 +111,9 @@ _RETURNING_DELIVERY_KEYS = " RETURNING tracker, delivery_id"
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
 # lease ended (few: their worker died). A candidate is skipped if its issue has a job
-# under a lease valid at :now, or an older live job: so one job per issue, oldest first.
+# under a lease valid at :now, or an older live job (by id, the order the deliveries
+# came in, whatever their run_at): so one job per issue, in arrival order. A job
+# retried or deferred to later keeps its issue's newer jobs waiting behind it.
 _CLAIM = """
 UPDATE jobs
 SET status = 'running', lease_owner = :owner, lease_until = :until,
@@ -127,7 +129,7 @@ WHERE id IN (
           AND NOT EXISTS (
               SELECT 1 FROM jobs AS o
               WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
-                AND (o.run_at, o.id) < (j.run_at, j.id))
+                AND o.id < j.id)
         UNION ALL
         SELECT j.id, j.run_at FROM jobs AS j
         WHERE j.status = 'running' AND j.lease_until < :now
@@ -138,7 +140,7 @@ WHERE id IN (
           AND NOT EXISTS (
               SELECT 1 FROM jobs AS o
               WHERE o.issue_key = j.issue_key AND o.status IN ('queued', 'running')
-                AND (o.run_at, o.id) < (j.run_at, j.id))
+                AND o.id < j.id)
         ORDER BY 2, 1
         LIMIT :limit
     )

@@ -364,6 +364,19 @@ async def test_release_to_a_later_run_at_defers_the_job_uncounted(store: Store) 
     assert (again.id, again.attempts) == (job.id, 1)
 
 
+async def test_a_job_put_off_keeps_newer_jobs_of_its_issue_waiting(store: Store) -> None:
+    await store.accept([first := delivery("i:1", received_at=T0)])
+    job = await claim_one(store, "A", now=T0 + 1)
+    await store.release_job(job.id, "A", run_at=T0 + 60)  # deferred, e.g. by pacing
+    await store.accept([delivery("i:1", received_at=T0 + 2), other := delivery(
+        "i:2", received_at=T0 + 2)])
+    claimed = await store.claim("B", now=T0 + 3, lease_seconds=LEASE, limit=5)
+    assert [j.delivery_id for j in claimed] == [other.delivery_id]  # not i:1's newer job
+    await store.finish_job(claimed[0].id, "B")
+    claimed = await store.claim("B", now=T0 + 60, lease_seconds=LEASE, limit=5)
+    assert [j.delivery_id for j in claimed] == [first.delivery_id]  # the original, first
+
+
 async def test_queue_stats_counts_live_jobs_and_ages_the_oldest_runnable(store: Store) -> None:
     assert await store.queue_stats(now=T0) == (0, 0.0)
     await store.accept([delivery("i:1", received_at=T0), delivery("i:2", received_at=T0 + 5)])
