@@ -94,12 +94,18 @@ async def test_a_burst_gets_every_task_at_once_and_its_comments_as_pacing_allows
     links = {github.comments(REPO, n)[0]["body"].count("/tasks/") for n in ISSUES}
     assert links == {1}  # each comment links its task
     assert len(coder.tasks) == len(ISSUES)  # the re-runs found their tasks, made none
-    after = (await client.get("/metrics")).text
+    after = ""
 
     def moved(outcome: str) -> float:
         return (sample(after, "coder_bridge_jobs_total", outcome=outcome)
                 - sample(before, "coder_bridge_jobs_total", outcome=outcome))
 
+    async def all_recorded() -> bool:  # a job is recorded just after its comment lands
+        nonlocal after
+        after = (await client.get("/metrics")).text
+        return moved("done") == len(ISSUES)
+
+    await eventually(all_recorded, "every job to be recorded as done")
     assert moved("deferred") >= len(ISSUES) - 2 and moved("done") == len(ISSUES)
     with sqlite3.connect(tmp_path / "bridge.db") as db:
         jobs = db.execute("SELECT status, attempts FROM jobs").fetchall()
