@@ -113,12 +113,12 @@ class ContentRateLimiter:
             yield
 
     def check_room(self, max_wait: float) -> None:
-        """Raise ``PacingDeferred`` if a request made now would wait more than
-        ``max_wait`` seconds; count nothing. Lets a caller give up before the reads
-        that lead to its write (each costs a request against GitHub's hourly limit)."""
-        wait = delay_needed(self._timestamps, self._windows, self._clock())
-        if wait > max_wait:
-            raise PacingDeferred("github", wait)
+        """Raise ``PacingDeferred`` (with a slot, as ``permit`` does) if a request made
+        now would wait more than ``max_wait`` seconds; count no request. Lets a caller
+        give up before the reads that lead to its write (each costs a request against
+        GitHub's hourly limit)."""
+        now = self._clock()
+        self._defer_beyond(max_wait, delay_needed(self._timestamps, self._windows, now), now)
 
     def recent(self) -> list[float]:
         """Start times of the requests still inside the longest window (ascending)."""
@@ -131,21 +131,29 @@ class ContentRateLimiter:
             now = self._clock()
             self._forget_before(now - self._longest)
             wait = delay_needed(self._timestamps, self._windows, now)
-            if max_wait is not None and wait > max_wait:
-                raise PacingDeferred("github", self._promise_slot(now) - now)
+            if max_wait is not None:
+                self._defer_beyond(max_wait, wait, now)
             if wait <= 0:
                 last = self._timestamps[-1] if self._timestamps else now
                 self._timestamps.append(max(now, last))  # stays ascending if the clock steps back
                 return
             await self._sleep(wait)
 
-    def _promise_slot(self, now: float) -> float:
-        """The next free slot after every outstanding promised one; promise it."""
+    def _defer_beyond(self, max_wait: float, wait: float, now: float) -> None:
+        """Raise ``PacingDeferred`` with the next free slot if ``wait`` exceeds ``max_wait``.
+
+        The slot comes after every slot still promised to earlier deferrals, and is
+        promised in turn (see ``permit``).
+        """
+        if wait <= max_wait:
+            return
         del self._promised[: bisect.bisect_right(self._promised, now)]
         planned = self._timestamps + self._promised  # both ascending, promised all > now
         slot = now + delay_needed(planned, self._windows, now)
-        self._promised.append(max(slot, self._promised[-1] if self._promised else slot))
-        return self._promised[-1]
+        if self._promised:
+            slot = max(slot, self._promised[-1])
+        self._promised.append(slot)
+        raise PacingDeferred("github", slot - now)
 
     def _forget_before(self, cutoff: float) -> None:
         del self._timestamps[: bisect.bisect_right(self._timestamps, cutoff)]
