@@ -150,6 +150,12 @@ class LineBatcher:
         return len(text)
 
     def flush(self) -> None:
+        # Read without the lock: True means a drain is pending, which will write every
+        # line already buffered (``write`` appends under the lock that ``drain`` takes to
+        # swap the buffer and clear this flag). Most lines end here, before the running
+        # loop's lookup (a ``getpid`` system call on Python 3.11).
+        if self._scheduled:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
