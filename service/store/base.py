@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import msgspec
+
 TokenStatus = Literal["valid", "invalid"]
 JobStatus = Literal["queued", "running", "done", "failed"]
 DelegationState = Literal[
@@ -27,9 +29,11 @@ DelegationState = Literal[
 ]
 
 
-@dataclass(frozen=True)
-class NewDelivery:
-    """A verified triggering delivery to store and enqueue in one transaction."""
+class NewDelivery(msgspec.Struct, frozen=True):
+    """A verified triggering delivery to store and enqueue in one transaction.
+
+    A msgspec struct: one is built per delivery on the webhook path (5x cheaper than
+    a frozen dataclass)."""
 
     tracker: str
     delivery_id: str

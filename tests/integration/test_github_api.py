@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import respx
 
@@ -201,7 +202,7 @@ async def test_body_must_contain_the_marker(client: GitHubClient) -> None:
 async def test_scope_that_is_not_owner_slash_repo_is_permanent(
     client: GitHubClient, scope: str
 ) -> None:
-    bad = IssueEvent(**{**EVENT.__dict__, "scope": scope})
+    bad = msgspec.structs.replace(EVENT, scope=scope)
     with pytest.raises(PermanentError, match="not a GitHub issue"):
         await client.upsert_comment(bad, marker=MARKER, body=BODY, comment_id=None)
 
@@ -228,7 +229,7 @@ async def test_401_invalidates_the_credential_and_retries_once(
 ) -> None:
     auth = CountingAuth()
     client = GitHubClient(API, auth, http=http)
-    app_event = IssueEvent(**{**EVENT.__dict__, "installation_id": 777})
+    app_event = msgspec.structs.replace(EVENT, installation_id=777)
     patch = router.patch(f"{REPO}/issues/comments/42").mock(
         side_effect=[error(401, "Bad credentials"), httpx.Response(200, json=comment(42, BODY))]
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 import pytest
 import respx
 from cryptography.hazmat.primitives import serialization
@@ -449,7 +450,7 @@ async def test_repository_hook_finds_the_installation_by_repository(
 async def test_app_not_installed_on_the_repository(
     app_client: GitHubClient, fake: FakeGitHub
 ) -> None:
-    other = IssueEvent(**{**event(1, installation_id=None).__dict__, "scope": "other/repo"})
+    other = msgspec.structs.replace(event(1, installation_id=None), scope="other/repo")
     with pytest.raises(PermanentError) as caught:
         await upsert(app_client, other, "x")
     assert caught.value.message == "the GitHub App is not installed on other/repo"
@@ -459,7 +460,7 @@ async def test_app_not_installed_on_the_repository(
 async def test_installation_token_only_reaches_its_repositories(
     app_client: GitHubClient, fake: FakeGitHub
 ) -> None:
-    other = IssueEvent(**{**event(1).__dict__, "scope": "other/repo"})
+    other = msgspec.structs.replace(event(1), scope="other/repo")
     with pytest.raises(NotFound):
         await upsert(app_client, other, "x")
 

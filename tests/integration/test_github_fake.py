@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import msgspec
 import pytest
 
 from service.core.events import IssueEvent, Person
@@ -205,7 +206,7 @@ async def test_bad_token_is_rejected_after_one_retry(base_url: str, fake: FakeGi
 
 
 async def test_unknown_repository_is_not_found(client: GitHubClient) -> None:
-    other = IssueEvent(**{**EVENT.__dict__, "scope": "acme/missing"})
+    other = msgspec.structs.replace(EVENT, scope="acme/missing")
     with pytest.raises(NotFound):
         await client.upsert_comment(other, marker=MARKER, body=body("x"), comment_id=None)
 
@@ -213,7 +214,7 @@ async def test_unknown_repository_is_not_found(client: GitHubClient) -> None:
 async def test_repository_names_are_case_insensitive(
     client: GitHubClient, fake: FakeGitHub
 ) -> None:
-    lower = IssueEvent(**{**EVENT.__dict__, "scope": REPO.lower()})
+    lower = msgspec.structs.replace(EVENT, scope=REPO.lower())
     await client.upsert_comment(lower, marker=MARKER, body=body("x"), comment_id=None)
     assert len(fake.comments(REPO, 1)) == 1
 

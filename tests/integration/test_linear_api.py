@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import respx
 
@@ -321,7 +322,7 @@ async def test_body_must_contain_the_marker(client: LinearClient) -> None:
 
 
 async def test_a_github_event_is_not_a_linear_issue(client: LinearClient) -> None:
-    github = IssueEvent(**{**EVENT.__dict__, "tracker": "github", "issue_key": "github:1:1"})
+    github = msgspec.structs.replace(EVENT, tracker="github", issue_key="github:1:1")
     with pytest.raises(PermanentError, match="not a Linear issue"):
         await client.upsert_comment(github, marker=MARKER, body=BODY, comment_id=None)
 

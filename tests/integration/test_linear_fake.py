@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from service.core.events import IssueEvent, Person
@@ -168,13 +169,13 @@ async def test_issue_identifier_works_as_the_issue_id(
     endpoint: str, http: httpx.AsyncClient, fake: FakeLinear
 ) -> None:
     client = LinearClient(endpoint, DEFAULT_API_KEY, http=http)
-    by_identifier = IssueEvent(**{**EVENT.__dict__, "issue_id": FIXTURE_IDENTIFIER})
+    by_identifier = msgspec.structs.replace(EVENT, issue_id=FIXTURE_IDENTIFIER)
     await client.upsert_comment(by_identifier, marker=MARKER, body=body("x"), comment_id=None)
     assert bodies(fake) == [body("x")]
 
 
 async def test_unknown_issue_is_not_found(client: LinearClient) -> None:
-    other = IssueEvent(**{**EVENT.__dict__, "issue_id": "00000000-0000-4000-8000-000000000000"})
+    other = msgspec.structs.replace(EVENT, issue_id="00000000-0000-4000-8000-000000000000")
     with pytest.raises(NotFound, match="Could not find referenced Issue"):
         await client.upsert_comment(other, marker=MARKER, body=body("x"), comment_id=None)
 

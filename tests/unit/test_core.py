@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 import pytest
 
 from service.coder.base import CreatedWork
@@ -41,7 +42,7 @@ def delegation(**changes: object) -> Delegation:
 
 def test_event_round_trips_through_json() -> None:
     assert IssueEvent.from_json(EVENT.to_json()) == EVENT
-    anonymous = IssueEvent(**{**EVENT.__dict__, "author": None, "labeler": None})
+    anonymous = msgspec.structs.replace(EVENT, author=None, labeler=None)
     assert IssueEvent.from_json(anonymous.to_json()) == anonymous
 
 
@@ -56,7 +57,7 @@ def test_prompt_carries_title_body_url_repository_and_requester() -> None:
 
 def test_long_body_is_clipped_under_64_kib_and_says_so() -> None:
     body = "é" * 100_000  # 200 000 bytes of two-byte characters
-    event = IssueEvent(**{**EVENT.__dict__, "body": body})
+    event = msgspec.structs.replace(EVENT, body=body)
     prompt = render_prompt(event, requested_by="@a", acting_as="x")
     assert len(prompt.encode()) <= MAX_PROMPT_BYTES
     assert "clipped this description: it is 200000 bytes long" in prompt
@@ -65,7 +66,7 @@ def test_long_body_is_clipped_under_64_kib_and_says_so() -> None:
 
 
 def test_empty_body_is_named() -> None:
-    event = IssueEvent(**{**EVENT.__dict__, "body": "  "})
+    event = msgspec.structs.replace(EVENT, body="  ")
     assert "(The issue has no description.)" in render_prompt(event, requested_by="a",
                                                                acting_as="b")
 
@@ -146,6 +147,6 @@ def test_plan_other_delivery_with_task_checks_activity() -> None:
 def test_acting_candidates_follow_order_without_repeats() -> None:
     both = acting_candidates(EVENT, ("labeler", "author"))
     assert [c.role for c in both] == ["labeler", "author"]
-    same = IssueEvent(**{**EVENT.__dict__, "labeler": EVENT.author})
+    same = msgspec.structs.replace(EVENT, labeler=EVENT.author)
     assert [c.role for c in acting_candidates(same, ("author", "labeler"))] == ["author"]
-    assert acting_candidates(IssueEvent(**{**EVENT.__dict__, "author": None}), ("author",)) == []
+    assert acting_candidates(msgspec.structs.replace(EVENT, author=None), ("author",)) == []

@@ -7,6 +7,7 @@ import hmac
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from starlette.datastructures import Headers
 
@@ -346,7 +347,7 @@ def test_create_with_the_label_triggers() -> None:
 
     decision = parse(*edited(change))
     assert decision == Trigger(
-        IssueEvent(**{**EXPECTED.__dict__, "extra": {**EXPECTED.extra, "action": "create"}})
+        msgspec.structs.replace(EXPECTED, extra={**EXPECTED.extra, "action": "create"})
     )
 
 
