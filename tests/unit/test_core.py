@@ -40,6 +40,22 @@ def delegation(**changes: object) -> Delegation:
     return Delegation(**base)  # type: ignore[arg-type]
 
 
+# EVENT as the job queue has stored it since the first release (orjson, fields in order).
+STORED_EVENT = (
+    '{"tracker":"github","delivery_id":"d-1","issue_key":"github:186853002:1",'
+    '"issue_id":"444500041","number":"1","title":"Spelling error in the README file",'
+    '"body":"It says teh.","url":"https://github.com/Codertocat/Hello-World/issues/1",'
+    '"scope":"Codertocat/Hello-World","author":{"id":"21031067","login":"Codertocat"},'
+    '"labeler":{"id":"7","login":"lab"},"installation_id":null,"extra":{}}'
+)
+
+
+def test_event_json_is_the_stored_format() -> None:
+    """Rows queued by earlier versions read back, and new rows are written alike."""
+    assert EVENT.to_json() == STORED_EVENT
+    assert IssueEvent.from_json(STORED_EVENT) == EVENT
+
+
 def test_event_round_trips_through_json() -> None:
     assert IssueEvent.from_json(EVENT.to_json()) == EVENT
     anonymous = msgspec.structs.replace(EVENT, author=None, labeler=None)
