@@ -160,7 +160,7 @@ def burst_test(cleanup: Cleanup, args: argparse.Namespace, concurrency: int) -> 
             first_send: list[float] = []
             assert bridge.process is not None
             pid = bridge.process.pid
-            cpu_before = cpu_seconds(pid), cpu_seconds(os.getpid())
+            cpu_before = cpu_seconds(pid), cpu_seconds(os.getpid(), tree=False)
             spy = None
             profile = None
             if args.profile:
@@ -176,7 +176,7 @@ def burst_test(cleanup: Cleanup, args: argparse.Namespace, concurrency: int) -> 
             log("  waiting for the comments ...")
             done = fakes.github.wait_linked(1 + len(deliveries), timeout=args.timeout)
             cpu_service = cpu_seconds(pid) - cpu_before[0]
-            cpu_bench = cpu_seconds(os.getpid()) - cpu_before[1]
+            cpu_bench = cpu_seconds(os.getpid(), tree=False) - cpu_before[1]
             with fakes.github.changed:
                 linked = [fakes.github.linked_at[n] for n in numbers
                           if n in fakes.github.linked_at]

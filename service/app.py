@@ -155,7 +155,7 @@ class Services:
     async def start(self) -> None:
         """Start the group-commit writer and the worker loop, as the role asks."""
         if self.committer is not None:
-            self.committer.start()
+            await self.committer.start()
         if self.worker is not None:
             self.worker.start()
 

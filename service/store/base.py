@@ -42,6 +42,19 @@ class NewDelivery(msgspec.Struct, frozen=True):
     received_at: float
 
 
+class BatchWriter(Protocol):
+    """A blocking ``Store.accept`` on a connection of its own (``SQLiteBatchWriter``,
+    in the ingest writer process)."""
+
+    def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
+        """The contract of ``Store.accept``; raises ``StoreError``."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
 @dataclass(frozen=True)
 class Job:
     """A claimed job. ``attempts`` counts this attempt (1 on the first claim)."""

@@ -30,10 +30,9 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 import aiosqlite
 
@@ -57,34 +56,20 @@ from service.store.base import (
     Job,
     NewDelivery,
 )
+from service.store.sqlite_accept import (
+    ACCEPT_CHUNK,
+    SESSION_PRAGMAS,
+    delivery_params,
+    insert_deliveries_sql,
+)
 
-if TYPE_CHECKING:
-    from service.store.sqlite_writer import SQLiteBatchWriter
-
-__all__ = [
-    "ACCEPT_CHUNK",
-    "SESSION_PRAGMAS",
-    "SQLiteStore",
-    "delivery_params",
-    "insert_deliveries_sql",
-    "split_statements",
-]
+__all__ = ["SQLiteStore", "split_statements"]
 
 _T = TypeVar("_T")
 _Row = Sequence[Any]
 _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
 
-#: Rows per INSERT statement in ``accept`` (5 parameters each, well under SQLite's
-#: default limit of 32766 bound parameters).
-ACCEPT_CHUNK = 1000
 _MIN_SQLITE = (3, 37, 0)  # STRICT tables; RETURNING and UPSERT are older
-BUSY_TIMEOUT_MS = 5000
-#: Per-connection settings of every connection the bridge opens (WAL is per file).
-SESSION_PRAGMAS = (
-    "PRAGMA synchronous = FULL",
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}",
-    "PRAGMA foreign_keys = ON",
-)
 
 # -- SQL ------------------------------------------------------------------------
 # The schema lives in migrations/sqlite/*.sql; the queries below are its API.
@@ -101,12 +86,6 @@ _HAS_MIGRATIONS_TABLE = (
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
 )
 _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
-
-_INSERT_DELIVERIES_HEAD = (
-    "INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at) VALUES "
-)
-_INSERT_DELIVERIES_ON_CONFLICT = " ON CONFLICT (tracker, delivery_id) DO NOTHING"
-_RETURNING_DELIVERY_KEYS = " RETURNING tracker, delivery_id"
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
@@ -462,18 +441,11 @@ class SQLiteStore:
                 await conn.close()
 
     # -- ingest ---------------------------------------------------------------------
-    def open_batch_writer(self) -> SQLiteBatchWriter | None:
-        """A blocking ``accept`` on a new connection of its own, for a writer thread
-        (``service.web.ingest.ThreadedCommitter``); None for ``:memory:``, where a
-        second connection would be another database. The caller closes it.
-
-        Raises ``StoreError`` if the connection cannot be opened.
-        """
-        if self._path == ":memory:":
-            return None
-        from service.store.sqlite_writer import SQLiteBatchWriter  # imports this module
-
-        return SQLiteBatchWriter(self._path)
+    def ingest_database(self) -> str | None:
+        """The file, for the ingest writer process's connection of its own
+        (``service.web.ingest.ProcessCommitter``); None for ``:memory:``, where a
+        second connection would be another database."""
+        return None if self._path == ":memory:" else self._path
 
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
         """Store each delivery and enqueue its job, in ONE committed transaction.
@@ -814,22 +786,3 @@ def split_statements(script: str) -> list[str]:
         raise StoreError("a migration ends with an incomplete SQL statement")
     return statements
 
-
-# -- accept helpers ---------------------------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def insert_deliveries_sql(rows: int, *, returning: bool = True) -> str:
-    """The multi-row ``INSERT ... ON CONFLICT DO NOTHING`` of ``accept`` for ``rows``
-    deliveries; with ``returning``, it returns (tracker, delivery_id) of each new row."""
-    values = ",".join(["(?,?,?,?,?)"] * rows)
-    tail = _RETURNING_DELIVERY_KEYS if returning else ""
-    return _INSERT_DELIVERIES_HEAD + values + _INSERT_DELIVERIES_ON_CONFLICT + tail
-
-
-def delivery_params(deliveries: Iterable[NewDelivery]) -> list[Any]:
-    """The bound parameters of ``insert_deliveries_sql`` for ``deliveries``, flat."""
-    params: list[Any] = []
-    for d in deliveries:
-        params += (d.tracker, d.delivery_id, d.issue_key, d.event_json, float(d.received_at))
-    return params

@@ -1,17 +1,18 @@
-"""A blocking ``accept`` on a connection of its own, for the ingest writer thread.
+"""A blocking ``accept`` on a connection of its own, for the ingest writer process.
 
 ``SQLiteStore.accept`` goes through aiosqlite: every call is a hop to its thread
 and back through the event loop, and the store's lock and shielded task add
 more. Under load the webhook path waits on little else, so ingest keeps a
-second connection in one dedicated thread (``service.web.ingest.ThreadedCommitter``)
-and calls :meth:`SQLiteBatchWriter.accept` there directly.
+second connection in a process of its own (``service.store.writer_process``,
+driven by ``service.web.ingest.ProcessCommitter``) and calls
+:meth:`SQLiteBatchWriter.accept` there directly.
 
 A batch of up to ``ACCEPT_CHUNK`` deliveries is ONE multi-row INSERT in autocommit
-mode: its own transaction, one statement step, one fsync. Python's sqlite3 releases
-the GIL around every step and must take it back after each, which costs most when
-the event loop is busy: ``BEGIN IMMEDIATE``, INSERT, ``COMMIT`` (three steps) took
-about 15 % of ingest throughput against this (bench/ingest.py, paired rounds), and
-``RETURNING`` would add a step per new row. The INSERT's change count tells whether
+mode: its own transaction, one statement step, one fsync. (When this ran in a thread
+of the bridge's process, every statement step handed the interpreter lock back and
+forth with the busy event loop: ``BEGIN IMMEDIATE``, INSERT, ``COMMIT`` took about
+15 % of ingest throughput against this single step.) ``RETURNING`` would add a step
+per new row. The INSERT's change count tells whether
 every row was new; only when it does not (a redelivery) does a second query read
 which rows the statement added: their rowids are consecutive, ending at the
 statement's last insert rowid (a new ``INTEGER PRIMARY KEY`` is the largest plus
@@ -34,13 +35,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from service.errors import StoreError
-from service.logging import get_logger
 from service.store import first_wins
 from service.store.base import NewDelivery
-from service.store.sqlite import (
+from service.store.sqlite_accept import (
     ACCEPT_CHUNK,
     BUSY_TIMEOUT_MS,
     SESSION_PRAGMAS,
@@ -48,9 +48,11 @@ from service.store.sqlite import (
     insert_deliveries_sql,
 )
 
-__all__ = ["BUSY_RETRY_SECONDS", "SQLiteBatchWriter"]
+__all__ = ["BUSY_RETRY_SECONDS", "Report", "SQLiteBatchWriter"]
 
-log = get_logger("service.store.sqlite_writer")
+Report = Callable[[str, Mapping[str, int]], None]
+"""Where the writer reports what should never happen: (event name, figures). It logs
+nothing itself: it runs in the writer process, whose parent does the logging."""
 
 #: The rows one ``_accept_in_one_statement`` INSERT added (rowid range, exclusive start).
 _ADDED_BY_STATEMENT = "SELECT tracker, delivery_id FROM deliveries WHERE id > ? AND id <= ?"
@@ -62,11 +64,13 @@ BUSY_RETRY_SECONDS = 0.0002
 class SQLiteBatchWriter:
     """``accept``/``close`` on one SQLite connection; use it from one thread at a time."""
 
-    def __init__(self, path: str) -> None:
-        """Open ``path`` (already created and migrated by ``SQLiteStore``).
+    def __init__(self, path: str, *, report: Report | None = None) -> None:
+        """Open ``path`` (already created and migrated by ``SQLiteStore``); anomalies
+        go to ``report``.
 
         Raises ``StoreError`` if it cannot be opened or configured.
         """
+        self._report = report
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             for pragma in SESSION_PRAGMAS:
@@ -112,9 +116,11 @@ class SQLiteBatchWriter:
         last = cursor.lastrowid
         assert last is not None  # set by every INSERT that added a row
         rows = self._conn.execute(_ADDED_BY_STATEMENT, (last - inserted, last)).fetchall()
-        if len(rows) != inserted:  # SQLite assigns rowids otherwise only past 2**63 - 1
-            log.error("delivery_batch_rowids_not_consecutive", inserted=inserted, found=len(rows),
-                      note="the deliveries are stored; some new ones are answered as duplicates")
+        if len(rows) != inserted and self._report is not None:
+            # SQLite assigns rowids otherwise only past 2**63 - 1. The deliveries are
+            # stored; some new ones are answered as duplicates.
+            self._report("delivery_batch_rowids_not_consecutive",
+                         {"inserted": inserted, "found": len(rows)})
         return first_wins(deliveries, {(str(row[0]), str(row[1])) for row in rows})
 
     def _accept_in_one_transaction(self, deliveries: Sequence[NewDelivery]) -> list[bool]:

@@ -6,23 +6,37 @@ one transaction (one fsync) and wakes every waiter with its own answer. Under
 load many deliveries share a commit; alone, a delivery is committed at once.
 Either way, nobody is answered before their delivery is durable (invariant I4).
 
-Two writers, one contract (``committer_for`` picks): ``ThreadedCommitter``, a
-thread with a blocking SQLite connection of its own, and ``GroupCommitter``, a
-task on the event loop calling ``Store.accept`` (PostgreSQL, in-memory SQLite).
+Two writers, one contract (``committer_for`` picks): ``ProcessCommitter``, a
+child process with an SQLite connection of its own
+(``service.store.writer_process``), and ``GroupCommitter``, a task on the event
+loop calling ``Store.accept`` (PostgreSQL, in-memory SQLite).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import queue
-import threading
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, cast, runtime_checkable
 
 from service.errors import StoreError
 from service.logging import get_logger
 from service.store.base import NewDelivery, Store
+from service.store.writer_protocol import (
+    Batch,
+    FrameBuffer,
+    FrameError,
+    Ready,
+    Reply,
+    Stored,
+    decode_reply,
+    encode,
+)
 
 log = get_logger("service.web.ingest")
 
@@ -30,22 +44,27 @@ _Pending = tuple[NewDelivery, "asyncio.Future[bool]"]
 
 
 def answer(
-    batch: list[_Pending], outcome: list[bool] | StoreError,
+    futures: Sequence[asyncio.Future[bool]], outcome: list[bool] | StoreError,
     on_commit: Callable[[], None] | None,
 ) -> None:
-    """Wake every submitter of ``batch`` with its answer, or all with the error;
+    """Wake every submitter of a batch with its answer, or all with the error;
     call ``on_commit`` if something new was stored."""
     if isinstance(outcome, StoreError):
-        log.error("delivery_batch_not_stored", size=len(batch), error=str(outcome))
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(outcome)
+        log.error("delivery_batch_not_stored", size=len(futures), error=str(outcome))
+        fail(futures, outcome)
         return
-    for (_, future), is_new in zip(batch, outcome, strict=True):
+    for future, is_new in zip(futures, outcome, strict=True):
         if not future.done():
             future.set_result(is_new)
     if on_commit is not None and any(outcome):
         on_commit()
+
+
+def fail(futures: Iterable[asyncio.Future[bool]], error: StoreError) -> None:
+    """Wake every submitter that still waits with ``error``."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 class GroupCommitter:
@@ -61,7 +80,7 @@ class GroupCommitter:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the writer task (inside the running event loop)."""
         self._writer = asyncio.create_task(self._write_forever(), name="group-commit")
 
@@ -103,7 +122,7 @@ class GroupCommitter:
             outcome = await self.store.accept([delivery for delivery, _ in batch])
         except Exception as exc:
             outcome = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-        answer(batch, outcome, self.on_commit)
+        answer([future for _, future in batch], outcome, self.on_commit)
 
     async def stop(self) -> None:
         """Commit what was submitted, then stop; later ``submit`` calls raise StoreError."""
@@ -115,164 +134,308 @@ class GroupCommitter:
             await self._writer
 
 
-class BatchWriter(Protocol):
-    """A blocking ``Store.accept`` for one thread (``SQLiteBatchWriter``)."""
-
-    def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """The contract of ``Store.accept``; raises ``StoreError``."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
 
 
-@runtime_checkable
-class OffersBatchWriter(Protocol):
-    """A store that can open a ``BatchWriter`` (SQLite files; None where it cannot)."""
+#: Pauses before starting a new writer process after one died (the last one repeats).
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+#: How long ``start`` waits for a new writer to open the database.
+START_TIMEOUT_SECONDS = 30.0
+#: How long ``stop`` waits for the writer to commit what it was given and exit.
+STOP_TIMEOUT_SECONDS = 30.0
+#: How long a writer whose socket closed may take to exit before it is killed.
+_LINGER_SECONDS = 5.0
+#: Environment variables the writer process inherits: it runs Python, and nothing of
+#: the bridge's configuration (which may name secrets in ``env:`` references) is its.
+_WRITER_ENVIRONMENT = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV")
+_WRITER_ENVIRONMENT_PREFIXES = ("PYTHON", "LC_")
 
-    def open_batch_writer(self) -> BatchWriter | None:
-        """A new blocking writer, or None; raises ``StoreError``."""
-        ...
+
+def writer_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The writer process's environment: what Python needs of ``environ`` (default
+    ``os.environ``), and the bridge's own package on ``PYTHONPATH``."""
+    source = os.environ if environ is None else environ
+    env = {key: value for key, value in source.items()
+           if key in _WRITER_ENVIRONMENT or key.startswith(_WRITER_ENVIRONMENT_PREFIXES)}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+    return env
 
 
-class ThreadedCommitter:
-    """Group commit in one dedicated thread that owns a ``BatchWriter``.
+class _WriterConnection(asyncio.Protocol):
+    """The bridge's end of the socket to one writer process.
 
-    ``submit`` (on the event loop) puts the delivery on a thread-safe queue and
-    waits on a future. The thread takes everything queued (up to ``max_batch``),
-    stores it with ``writer.accept`` (one transaction, one fsync) and hands all the
-    answers back with one ``call_soon_threadsafe``. While it commits, the next
-    batch gathers in the queue, and the thread starts on it without waiting for
-    the event loop: under load the loop is busy, and each of its turns that a
-    commit had to wait for (``GroupCommitter``: the writer task, aiosqlite's
-    thread, the store's lock) cost a batch a millisecond. Nobody is answered
-    before their delivery is durable (invariant I4).
+    ``in_flight`` holds the submitters of each batch sent, oldest first; each reply
+    answers the oldest. When the socket closes (the writer exited or was killed),
+    everything still in flight fails: whether it was stored is unknown, and the
+    tracker is told to deliver it again (503); a redelivery is a duplicate if it was.
+    """
+
+    def __init__(self, on_commit: Callable[[], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.on_commit = on_commit
+        self.ready: asyncio.Future[int] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.in_flight: collections.deque[list[asyncio.Future[bool]]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self._frames = FrameBuffer()
+
+    @property
+    def usable(self) -> bool:
+        """Ready, and not closed: batches sent now are answered."""
+        return self.ready.done() and not self.ready.exception() and not self.closed.done()
+
+    def send(self, deliveries: list[NewDelivery], futures: list[asyncio.Future[bool]]) -> None:
+        assert self.transport is not None
+        self.in_flight.append(futures)
+        self.transport.write(encode(Batch(deliveries)))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._frames.feed(data)
+        try:
+            while (payload := self._frames.next_payload()) is not None:
+                self._handle(decode_reply(payload))
+        except FrameError as exc:
+            log.error("ingest_writer_out_of_step", error=str(exc))
+            assert self.transport is not None
+            self.transport.abort()
+
+    def _handle(self, reply: Reply) -> None:
+        if not self.ready.done():
+            if isinstance(reply, Ready):
+                self.ready.set_result(reply.pid)
+                return
+            error = reply.error if not isinstance(reply, Stored) else "an answer before Ready"
+            self.ready.set_exception(StoreError(f"the ingest writer did not start: {error}"))
+            return
+        if isinstance(reply, Ready) or not self.in_flight:
+            raise FrameError(f"unexpected {type(reply).__name__} reply")
+        futures = self.in_flight.popleft()
+        if isinstance(reply, Stored):
+            for anomaly in reply.anomalies:
+                log.error(anomaly.event, **anomaly.figures,
+                          note="the deliveries are stored; some new ones were answered as "
+                               "duplicates")
+            answer(futures, reply.new, self.on_commit)
+        else:
+            answer(futures, StoreError(reply.error), None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stopped = StoreError("the ingest writer stopped")
+        while self.in_flight:
+            fail(self.in_flight.popleft(), stopped)
+        if not self.ready.done():
+            self.ready.set_exception(StoreError("the ingest writer exited before it was ready"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class ProcessCommitter:
+    """Group commit in a child process that owns an SQLite connection of its own.
+
+    ``submit`` (on the event loop) queues the delivery and waits on a future; once
+    per event-loop iteration, everything queued goes to the writer process as one
+    ``Batch`` frame (``service.store.writer_protocol``). The writer commits every
+    batch that has arrived in one transaction (one fsync), answers each, and the
+    answers wake the submitters. While it commits, the next batches gather in the
+    socket. Nobody is answered before their delivery is durable (invariant I4).
+
+    Why a process and not a thread: see ``service.store.writer_process``. The event
+    loop's share of a delivery is one encoded frame and one decoded answer.
+
+    If the writer dies, whatever it was given fails with ``StoreError`` (the
+    webhook answers 503, and the tracker's redelivery is a duplicate if it was
+    stored after all); ``running`` is False, so readiness names ``ingest``; and a
+    new writer starts after a pause (``RESTART_DELAYS``).
     """
 
     def __init__(
-        self, writer: BatchWriter, *, max_batch: int = 512,
+        self, database: str, *, max_batch: int = 512,
         on_commit: Callable[[], None] | None = None,
+        restart_delays: Sequence[float] = RESTART_DELAYS,
+        start_timeout: float = START_TIMEOUT_SECONDS,
+        stop_timeout: float = STOP_TIMEOUT_SECONDS,
     ) -> None:
+        self.database = database
         self.max_batch = max_batch
         self.on_commit = on_commit
-        self._writer = writer
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self.restart_delays = tuple(restart_delays) or (0.0,)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._exited: asyncio.Future[None] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._connection: _WriterConnection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._queued: list[NewDelivery] = []
+        self._waiting: list[asyncio.Future[bool]] = []
+        self._flush_scheduled = False
         self._closed = False
-
-    def start(self) -> None:
-        """Start the writer thread (inside the running event loop)."""
-        self._loop = asyncio.get_running_loop()
-        self._exited = self._loop.create_future()
-        self._thread = threading.Thread(target=self._write_forever, name="ingest-writer",
-                                        daemon=True)
-        self._thread.start()
 
     @property
     def running(self) -> bool:
-        """True from ``start`` until ``stop`` or the thread's end: deliveries can be
-        stored."""
-        return not self._closed and self._exited is not None and not self._exited.done()
+        """True while a writer process is ready and the committer is not stopped:
+        deliveries can be stored."""
+        return not self._closed and self._connection is not None and self._connection.usable
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The current writer process's id (None before ``start`` and after it died)."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    async def start(self) -> None:
+        """Start the writer process and wait until it has opened the database.
+
+        Raises ``StoreError`` if it cannot start.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._process, self._connection = await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="ingest-writer")
 
     async def submit(self, delivery: NewDelivery) -> bool:
         """Store ``delivery`` and enqueue its job durably; True if new, False if a duplicate.
 
-        Raises ``StoreError`` if the batch could not be committed or the committer is
-        stopped (or its thread has ended).
+        Raises ``StoreError`` if the batch could not be committed, the writer process
+        stopped before answering, or the committer is not running.
         """
         if not self.running or self._loop is None:
             raise StoreError("the delivery store is not accepting deliveries")
         future: asyncio.Future[bool] = self._loop.create_future()
-        self._queue.put((delivery, future))
+        self._queued.append(delivery)
+        self._waiting.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         return await future
 
     async def stop(self) -> None:
-        """Commit what was submitted, then stop the thread and close the writer;
-        later ``submit`` calls raise StoreError."""
+        """Commit what was submitted, then let the writer exit; later ``submit`` calls
+        raise StoreError. Kills the writer if it has not exited after ``stop_timeout``."""
         if self._closed:
             return
+        self._flush()
         self._closed = True
-        if self._exited is None:  # never started
-            self._writer.close()
+        connection, process, supervisor = self._connection, self._process, self._supervisor
+        if supervisor is None:
+            return  # never started
+        if connection is not None and connection.usable and connection.transport is not None:
+            connection.transport.write_eof()  # the writer answers every batch, then exits
+        else:
+            supervisor.cancel()  # between writers: nothing is in flight
+        try:
+            await asyncio.wait_for(asyncio.shield(supervisor), self.stop_timeout)
+        except TimeoutError:
+            log.error("ingest_writer_killed", note=f"it did not exit within {self.stop_timeout} s")
+            if process is not None and process.returncode is None:
+                process.kill()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        except asyncio.CancelledError:
+            if not supervisor.cancelled():
+                raise
+
+    def _flush(self) -> None:
+        """Send everything queued to the writer, in batches of ``max_batch`` at most."""
+        self._flush_scheduled = False
+        deliveries, futures = self._queued, self._waiting
+        if not deliveries:
             return
-        self._queue.put(None)
-        await self._exited
+        self._queued, self._waiting = [], []
+        connection = self._connection
+        if self._closed or connection is None or not connection.usable:
+            fail(futures, StoreError("the ingest writer stopped"))
+            return
+        for start in range(0, len(deliveries), self.max_batch):
+            end = start + self.max_batch
+            connection.send(deliveries[start:end], futures[start:end])
 
-    # -- in the writer thread -------------------------------------------------------
-    def _write_forever(self) -> None:
-        """Commit batches until the ``None`` sentinel from ``stop``; then close."""
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, _WriterConnection]:
+        """A new writer process, ready; raises ``StoreError``."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
         try:
-            stopping = False
-            while not stopping:
-                batch: list[_Pending] = []
-                item = self._queue.get()
-                while item is not None:
-                    batch.append(item)
-                    if len(batch) >= self.max_batch:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                stopping = item is None
-                if batch:
-                    self._commit(batch)
-        finally:
-            with contextlib.suppress(Exception):  # closing cannot undo a commit
-                self._writer.close()
-            self._to_loop(self._thread_ended)
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        outcome: list[bool] | StoreError
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "service.store.writer_process",
+                    "--fd", str(theirs.fileno()), "--max-batch", str(self.max_batch),
+                    self.database, stdin=asyncio.subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),), env=writer_environment())
+            finally:
+                theirs.close()
+        except OSError as exc:
+            ours.close()
+            raise StoreError(f"cannot start the ingest writer: {exc}") from exc
         try:
-            outcome = self._writer.accept([delivery for delivery, _ in batch])
-        except StoreError as exc:
-            outcome = exc
-        except Exception as exc:  # a bug must fail the batch, not kill the thread
-            outcome = StoreError(f"{type(exc).__name__}: {exc}")
-        except BaseException:  # the thread ends (see _thread_ended); nobody waits forever
-            self._to_loop(answer, batch, StoreError("the ingest writer stopped"), None)
+            _, connection = await loop.connect_accepted_socket(
+                lambda: _WriterConnection(self.on_commit), ours)
+            await asyncio.wait_for(asyncio.shield(connection.ready), self.start_timeout)
+        except BaseException as exc:
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            if isinstance(exc, TimeoutError):
+                raise StoreError(f"the ingest writer was not ready within "
+                                 f"{self.start_timeout} s") from None
             raise
-        self._to_loop(answer, batch, outcome, self.on_commit)
+        return process, connection
 
-    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    # -- on the event loop --------------------------------------------------------------
-    def _thread_ended(self) -> None:
-        """Fail whatever is still queued (only if the thread died), then mark it ended."""
-        if not self._closed:
-            log.error("ingest_writer_stopped", note="deliveries are answered 503 until restart")
-        failure = StoreError("the delivery store is not accepting deliveries")
-        with contextlib.suppress(queue.Empty):
+    async def _supervise(self) -> None:
+        """Wait for the writer to exit; unless stopping, start another after a pause."""
+        failures = 0
+        while True:
+            assert self._process is not None and self._connection is not None
+            await self._connection.closed
+            status = await _ended(self._process)
+            if self._closed:
+                return
+            log.error("ingest_writer_stopped", exit_status=status,
+                      note="deliveries are answered 503 until a new writer is ready")
             while True:
-                item = self._queue.get_nowait()
-                if item is not None and not item[1].done():
-                    item[1].set_exception(failure)
-        assert self._exited is not None
-        if not self._exited.done():
-            self._exited.set_result(None)
+                await asyncio.sleep(self.restart_delays[min(failures,
+                                                            len(self.restart_delays) - 1)])
+                failures += 1
+                try:
+                    self._process, self._connection = await self._spawn()
+                except StoreError as exc:
+                    log.error("ingest_writer_not_started", error=str(exc))
+                    continue
+                failures = 0
+                log.info("ingest_writer_restarted", pid=self._process.pid)
+                break
 
 
-DeliveryCommitter = GroupCommitter | ThreadedCommitter
+async def _ended(process: asyncio.subprocess.Process) -> int:
+    """The exit status of a writer whose socket has closed; killed if it lingers (its
+    socket was closed because it spoke out of step, say)."""
+    try:
+        return await asyncio.wait_for(process.wait(), _LINGER_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return await process.wait()
+
+
+DeliveryCommitter = GroupCommitter | ProcessCommitter
 """What the webhook endpoints submit deliveries to."""
+
+
+@runtime_checkable
+class OffersIngestFile(Protocol):
+    """A store whose deliveries a writer process can store (an SQLite file)."""
+
+    def ingest_database(self) -> str | None:
+        """The database file's path; None where another connection cannot reach it."""
+        ...
 
 
 def committer_for(
     store: Store, *, on_commit: Callable[[], None] | None = None
 ) -> DeliveryCommitter:
-    """A ``ThreadedCommitter`` when the store offers a blocking batch writer (an
-    SQLite file), else a ``GroupCommitter`` (PostgreSQL: asyncpg already runs on
-    the event loop, and the database works in its own processes).
-
-    Raises ``StoreError`` if the writer cannot be opened.
-    """
-    writer = store.open_batch_writer() if isinstance(store, OffersBatchWriter) else None
-    if writer is None:
+    """A ``ProcessCommitter`` for an SQLite file, else a ``GroupCommitter`` (PostgreSQL:
+    asyncpg already runs on the event loop, and the database works in its own
+    processes; in-memory SQLite: another connection would be another database)."""
+    database = store.ingest_database() if isinstance(store, OffersIngestFile) else None
+    if database is None:
         return GroupCommitter(store, on_commit=on_commit)
-    return ThreadedCommitter(writer, on_commit=on_commit)
+    return ProcessCommitter(database, on_commit=on_commit)

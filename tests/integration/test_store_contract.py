@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import os
 import sqlite3
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +25,9 @@ import pytest
 from service.errors import StoreError
 from service.store import load_migrations, open_store, sqlite_path
 from service.store.base import Account, Identity, Job, NewDelivery, Store
-from service.store.sqlite import ACCEPT_CHUNK, SQLiteStore, split_statements
+from service.store.sqlite import SQLiteStore, split_statements
+from service.store.sqlite_accept import ACCEPT_CHUNK
+from service.web.ingest import ProcessCommitter
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -49,24 +50,18 @@ POSTGRES_URL = os.environ.get(
 
 
 class IngestWriterStore:
-    """An SQLite store whose ``accept`` is ``SQLiteBatchWriter.accept`` on its own
-    connection in another thread, as the webhook path runs it (``ThreadedCommitter``)."""
+    """An SQLite store whose ``accept`` goes through the ingest writer process, as the
+    webhook path stores deliveries (``ProcessCommitter``): the batch is submitted in
+    one event-loop iteration, so it is one frame and one transaction."""
 
-    def __init__(self, store: SQLiteStore) -> None:
-        writer = store.open_batch_writer()
-        assert writer is not None
-        self._store, self._writer = store, writer
-        self._one_at_a_time = threading.Lock()  # as the committer's single thread
+    def __init__(self, store: SQLiteStore, committer: ProcessCommitter) -> None:
+        self._store, self._committer = store, committer
 
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        def in_thread() -> list[bool]:
-            with self._one_at_a_time:  # held until done, even if the caller is cancelled
-                return self._writer.accept(deliveries)
-
-        return await asyncio.to_thread(in_thread)
+        return list(await asyncio.gather(*(self._committer.submit(d) for d in deliveries)))
 
     async def close(self) -> None:
-        self._writer.close()
+        await self._committer.stop()
         await self._store.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -76,7 +71,11 @@ class IngestWriterStore:
 async def open_ingest_writer_store(url: str) -> Store:
     store = await open_store(url)
     assert isinstance(store, SQLiteStore)
-    return cast(Store, IngestWriterStore(store))
+    database = store.ingest_database()
+    assert database is not None
+    committer = ProcessCommitter(database, max_batch=1_000_000)  # never split a batch
+    await committer.start()
+    return cast(Store, IngestWriterStore(store, committer))
 
 
 @pytest.fixture(params=["sqlite", "sqlite-ingest-writer", "postgres"])
