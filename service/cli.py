@@ -182,9 +182,13 @@ def _serve(config: Config, *, role: Role, migrate: bool) -> int:
         services = await build_services(config, role=role, migrate=migrate)
         app = create_app(services)
         _tune_gc()
+        # access_log=False: the webhook outcome lines take the access log's place, and
+        # uvicorn would otherwise format each access line's arguments before finding
+        # its level disabled.
         server_config = uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None,
-            proxy_headers=True, server_header=False, timeout_graceful_shutdown=30)
+            access_log=False, proxy_headers=True, server_header=False,
+            timeout_graceful_shutdown=30)
         await _GracefulServer(server_config).serve()
 
     try:

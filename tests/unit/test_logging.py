@@ -129,6 +129,8 @@ def test_timestamps_are_utc_iso_8601_with_microseconds_and_current() -> None:
 def test_hot_info_writes_the_line_structlog_writes_with_the_same_redaction() -> None:
     stream = io.StringIO()
     configure_logging(json_output=True, stream=stream)
+    structlog.contextvars.bind_contextvars(job_id=3)
+    structlog.contextvars.clear_contextvars()  # a cleared key is not written
     structlog.contextvars.bind_contextvars(tracker="github", delivery_id="d-7")
     fields = {"issue": "github:42:7", "reason": f"label 'x' carried {CODER_TOKEN}",
               "webhook_secret": "s3cret-hook"}
@@ -145,6 +147,7 @@ def test_hot_info_writes_the_line_structlog_writes_with_the_same_redaction() -> 
     assert by_structlog.pop("timestamp") <= by_hot_info.pop("timestamp")
     assert list(by_hot_info.items()) == list(by_structlog.items())  # same keys, same order
     assert by_hot_info["delivery_id"] == "d-7" and by_hot_info["level"] == "info"
+    assert "job_id" not in by_hot_info
     assert leaked["event"] == "leaked [redacted]"
 
 
