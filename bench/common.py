@@ -149,6 +149,12 @@ def rss_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def steal_and_total_ticks() -> tuple[int, int]:
+    """The machine's CPU time stolen by the hypervisor, and all CPU time, in ticks."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def cpu_seconds(pid: int, *, tree: bool = True) -> float:
     """User + system CPU time a process (and, with ``tree``, its living descendants)
     has used so far, in seconds."""
@@ -515,6 +521,8 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     ok_ids: set[str] = field(default_factory=set, repr=False)
+    #: The share of the machine's CPU time its hypervisor gave to others meanwhile.
+    steal_percent: float = 0.0
 
     @property
     def rps(self) -> float:

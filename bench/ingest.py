@@ -20,13 +20,14 @@ ratio service/bare; then the totals over all rounds (requests over time; the
 latencies of the middle round), the median ratio, the service's RSS when idle and
 after the load, and whether every delivery answered 200 is in the database.
 
-    .venv/bin/python bench/ingest.py [--duration 10] [--rounds 3] [--connections 32]
+    .venv/bin/python bench/ingest.py [--duration 10] [--rounds 5] [--connections 32]
                                      [--role both] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sqlite3
 import statistics
@@ -56,6 +57,7 @@ from common import (
     run_wrk,
     running_fakes,
     start_py_spy,
+    steal_and_total_ticks,
     summarize_profile,
     temp_dir,
     write_pool,
@@ -68,8 +70,8 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds of measured load per target (default 10)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating bare/--role web measurements (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating bare/--role web measurements (default 5)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of unmeasured load before each measurement (default 2)")
     parser.add_argument("--connections", type=int, default=32,
@@ -130,8 +132,13 @@ class Runner:
             spy = start_py_spy(self.cleanup, pid, profile, self.args.duration)
         log(f"  measuring {self.args.duration:g} s ...")
         cpu_before = cpu_seconds(pid)
+        steal_before, total_before = steal_and_total_ticks()
         result = self.load(port, prefix, self.args.duration)
         cpu = cpu_seconds(pid) - cpu_before
+        steal_after, total_after = steal_and_total_ticks()
+        if total_after > total_before:
+            result = dataclasses.replace(result, steal_percent=round(
+                100 * (steal_after - steal_before) / (total_after - total_before), 1))
         if spy is not None:
             spy.wait(timeout=60)
         return result, round(100 * cpu / result.duration, 1) if result.duration else 0.0
@@ -159,7 +166,9 @@ class Target:
             ok_ids=set().union(*(r.ok_ids for r in results)))
         after = rss_kib(self.pid)
         return {"target": self.name, **total.summary(), "rounds": len(results),
-                "round_rps": [round(r.rps) for r in results], "rss_idle_kib": self.idle_kib,
+                "round_rps": [round(r.rps) for r in results],
+                "round_steal_percent": [r.steal_percent for r in results],
+                "rss_idle_kib": self.idle_kib,
                 "rss_after_kib": after["VmRSS"], "rss_peak_kib": after["VmHWM"],
                 "cpu_percent": cpu, "_ok_ids": total.ok_ids}
 
@@ -193,7 +202,8 @@ def check_stored(row: dict[str, Any], bridge: Bridge) -> None:
 def print_round(number: int, targets: list[Target]) -> None:
     """One line per round on stderr: each target's req/s, and the ratio."""
     figures = {t.name: t.rounds[-1][0].rps for t in targets}
-    text = ", ".join(f"{name} {rps:.0f} req/s" for name, rps in figures.items())
+    text = ", ".join(f"{t.name} {t.rounds[-1][0].rps:.0f} req/s "
+                     f"(steal {t.rounds[-1][0].steal_percent:g} %)" for t in targets)
     if figures.get("bare") and "service --role web" in figures:
         text += f"; ratio {figures['service --role web'] / figures['bare']:.2f}"
     log(f"  round {number}: {text}")
@@ -296,9 +306,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         if bare is not None and row is not bare and bare["requests_per_s"]:
             row["ratio_to_bare"] = round(row["requests_per_s"] / bare["requests_per_s"], 3)
             if len(row["round_rps"]) == len(bare["round_rps"]) > 1:
-                ratios = sorted(s / b for s, b in zip(row["round_rps"], bare["round_rps"],
-                                                       strict=True) if b)
-                row["round_ratios"] = [round(r, 3) for r in ratios]
+                ratios = [s / b for s, b in zip(row["round_rps"], bare["round_rps"], strict=True)
+                          if b]
+                row["round_ratios"] = [round(r, 3) for r in ratios]  # in round order
                 row["median_round_ratio"] = round(statistics.median(ratios), 3)
     if args.json:
         print(json.dumps({"connections": args.connections, "duration_s": args.duration,
@@ -321,7 +331,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         if len(r["round_rps"]) > 1:
             ratios = (f"; ratio per round {', '.join(f'{x:.2f}' for x in r['round_ratios'])}, "
                       f"median {r['median_round_ratio']:.2f}" if "round_ratios" in r else "")
-            print(f"{r['target']}: req/s per round {', '.join(map(str, r['round_rps']))}{ratios}")
+            steal = ", ".join(f"{x:g}" for x in r["round_steal_percent"])
+            print(f"{r['target']}: req/s per round {', '.join(map(str, r['round_rps']))}{ratios}; "
+                  f"CPU stolen by the hypervisor per round {steal} %")
     for r in rows:
         if "stored_run_deliveries" not in r:
             continue

@@ -30,7 +30,7 @@ DelegationState = Literal[
 
 
 class NewDelivery(msgspec.Struct, frozen=True):
-    """A verified triggering delivery to store and enqueue in one transaction.
+    """A verified triggering delivery to store durably, its job queued.
 
     A msgspec struct: one is built per delivery on the webhook path (5x cheaper than
     a frozen dataclass)."""
@@ -155,9 +155,11 @@ class Store(Protocol):
 
     # -- ingest ---------------------------------------------------------------
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """Store each delivery and enqueue its job, all in ONE committed transaction.
+        """Store each delivery, all in ONE committed transaction; from then on its job
+        is queued (created in the same transaction, or by the next ``claim``: either
+        way ``claim``, ``queue_stats`` and ``list_deliveries`` see it).
 
-        Returns, per input in order, True if it was new (stored and enqueued) or
+        Returns, per input in order, True if it was new (stored, its job queued) or
         False if (tracker, delivery_id) was already stored (a duplicate: nothing
         written). Duplicates inside the same batch: the first wins. Durable on return.
         """

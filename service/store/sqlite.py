@@ -8,18 +8,21 @@ Durability and isolation:
   the statements of concurrent coroutines never interleave inside a transaction.
 * Multi-statement writes run in ``BEGIN IMMEDIATE`` (the write lock is taken
   first, so they never fail half-way on a lock upgrade). Single-statement writes
-  (``accept``, ``claim``, the job transitions) run as SQLite's implicit
-  transaction of that one statement, which is atomic and takes the write lock
-  at its first step exactly as ``BEGIN IMMEDIATE`` would, and costs one thread
-  round trip instead of three.
+  (``accept``, the job transitions) run as SQLite's implicit transaction of that
+  one statement, which is atomic and takes the write lock at its first step
+  exactly as ``BEGIN IMMEDIATE`` would, and costs one thread round trip instead
+  of three.
 * Every operation runs in its own task shielded from the caller's cancellation:
   a cancelled caller cannot leave a transaction open on the shared connection,
   and a commit that started completes.
 
 ``accept`` stores a batch with one multi-row ``INSERT ... ON CONFLICT DO NOTHING
 RETURNING`` (chunked above ``ACCEPT_CHUNK`` rows, then inside ``BEGIN
-IMMEDIATE``); the ``deliveries_enqueue_job`` trigger enqueues the job of every
-inserted delivery within the same statement.
+IMMEDIATE``), and nothing else: a stored delivery becomes a job in the
+transaction of the next ``claim`` (or ``requeue_delivery``), which first gives
+every delivery newer than the newest one with a job its first job, in arrival
+order (``_ENQUEUE_NEW_DELIVERIES``; migration 0003 says why). Until then
+``queue_stats`` and ``list_deliveries`` count and show it as queued.
 """
 
 from __future__ import annotations
@@ -86,6 +89,18 @@ _HAS_MIGRATIONS_TABLE = (
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
 )
 _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
+
+# Deliveries still without a job: those above the newest delivery that has one
+# (max(delivery_ref), on jobs_by_delivery). Deliveries are never deleted and their ids
+# only grow, and every job insert first runs _ENQUEUE_NEW_DELIVERIES, so nothing below
+# it lacks a job. This gives each its first job, queued at its arrival, in arrival
+# order (which the claim order by (run_at, id) and the per-issue order by id rely on).
+_ENQUEUE_NEW_DELIVERIES = """
+INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
+SELECT id, issue_key, received_at, received_at, received_at FROM deliveries
+WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs)
+ORDER BY id
+"""
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
@@ -156,18 +171,25 @@ UPDATE jobs SET status = 'queued', attempts = max(attempts - 1, 0),
     updated_at = :wall
 WHERE id = :id AND status = 'running' AND lease_owner = :owner
 """
+# Deliveries still without a job count as queued jobs whose run_at is their arrival.
 _QUEUE_STATS = """
 SELECT
-    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')),
+    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running'))
+        + (SELECT count(*) FROM deliveries
+           WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs)),
     (SELECT min(run_at) FROM (
         SELECT min(run_at) AS run_at FROM jobs WHERE status = 'queued' AND run_at <= :now
         UNION ALL
-        SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < :now))
+        SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < :now
+        UNION ALL
+        SELECT min(received_at) FROM deliveries
+        WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs) AND received_at <= :now))
 """
 
+# A delivery without a job is waiting for its first claim: queued.
 _LIST_DELIVERIES = """
 SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
-       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
+       coalesce(j.status, 'queued'), coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
 FROM deliveries AS d
 LEFT JOIN jobs AS j
     ON j.id = (SELECT max(x.id) FROM jobs AS x WHERE x.delivery_ref = d.id)
@@ -177,6 +199,9 @@ LEFT JOIN delegations AS g
 ORDER BY d.id DESC
 LIMIT :limit
 """
+# Only a delivery that has had a job: one still without (stored after the
+# _ENQUEUE_NEW_DELIVERIES that requeue_delivery runs first) is queued already, and a
+# job for it would hide the deliveries between from _ENQUEUE_NEW_DELIVERIES.
 _REQUEUE_DELIVERY = """
 INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
 SELECT d.id, d.issue_key, :now, :now, :now FROM deliveries AS d
@@ -185,6 +210,7 @@ WHERE d.id = (SELECT id FROM deliveries
               ORDER BY id DESC LIMIT 1)
   AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
                   AND status IN ('queued', 'running'))
+  AND d.id <= (SELECT coalesce(max(delivery_ref), 0) FROM jobs)
 """
 
 # IN over every tracker lets SQLite use the (tracker, delivery_id) unique key.
@@ -448,7 +474,8 @@ class SQLiteStore:
         return None if self._path == ":memory:" else self._path
 
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """Store each delivery and enqueue its job, in ONE committed transaction.
+        """Store each delivery, in ONE committed transaction; the next ``claim`` gives
+        each its job (see the module docstring).
 
         Up to ``ACCEPT_CHUNK`` deliveries take one statement and one thread round
         trip; larger batches run one statement per chunk inside ``BEGIN IMMEDIATE``.
@@ -472,7 +499,12 @@ class SQLiteStore:
 
     # -- jobs -----------------------------------------------------------------------
     async def claim(self, owner: str, *, now: float, lease_seconds: float, limit: int) -> list[Job]:
-        """Lease up to ``limit`` runnable jobs to ``owner`` in one ``UPDATE ... RETURNING``.
+        """Give new deliveries their jobs, then lease up to ``limit`` runnable jobs to
+        ``owner`` in one ``UPDATE ... RETURNING``.
+
+        Two statements, each its own transaction: in one transaction the write lock
+        would be held between them while the event loop runs other work, and the
+        ingest writer's commits would wait for it. Giving jobs is complete by itself.
 
         Runnable: ``queued`` with ``run_at <= now``, or ``running`` whose lease
         ended before ``now`` (``lease_until < now``; a lease is valid through
@@ -483,7 +515,12 @@ class SQLiteStore:
         if limit <= 0:
             return []
         params = {"owner": owner, "now": now, "until": now + lease_seconds, "limit": limit}
-        rows = await self._fetchall(_CLAIM, params)
+
+        async def body(conn: aiosqlite.Connection) -> list[_Row]:
+            await conn.execute(_ENQUEUE_NEW_DELIVERIES)
+            return list(await conn.execute_fetchall(_CLAIM, params))
+
+        rows = await self._run(body)
         rows.sort(key=lambda row: (float(row[8]), int(row[0])))
         return [job_from_row(row) for row in rows]
 
@@ -516,7 +553,8 @@ class SQLiteStore:
                                             "wall": time.time()})
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:
-        """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""
+        """(jobs queued or running, seconds since the oldest runnable job's ``run_at``);
+        a delivery still without its job counts as a job queued at its arrival."""
         row = await self._fetchone(_QUEUE_STATS, {"now": now})
         assert row is not None
         oldest = row[1]
@@ -534,7 +572,13 @@ class SQLiteStore:
         it has a queued or running job. False if unknown or already live. Should two
         trackers share the id, the most recently received delivery is meant."""
         params = {"delivery_id": delivery_id, "now": now}
-        return await self._rowcount(_REQUEUE_DELIVERY, params) == 1
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            await conn.execute(_ENQUEUE_NEW_DELIVERIES)
+            cursor = await conn.execute(_REQUEUE_DELIVERY, params)
+            return int(cursor.rowcount)
+
+        return await self._run(body) == 1
 
     # -- delegations ----------------------------------------------------------------
     async def current_delegation(self, issue_key: str) -> Delegation | None:

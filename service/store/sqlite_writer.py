@@ -80,7 +80,8 @@ class SQLiteBatchWriter:
             raise StoreError(f"cannot open the SQLite ingest connection: {exc}") from exc
 
     def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """Store each delivery and enqueue its job in ONE committed transaction.
+        """Store each delivery in ONE committed transaction (the next claim gives it its
+        job: see ``service.store.sqlite``).
 
         The contract of ``Store.accept``: per input, True if new, False for a
         duplicate (the first of a batch wins). Raises ``StoreError``; then nothing

@@ -91,7 +91,7 @@ class GroupCommitter:
         return not self._closed and self._writer is not None and not self._writer.done()
 
     async def submit(self, delivery: NewDelivery) -> bool:
-        """Store ``delivery`` and enqueue its job durably; True if new, False if a duplicate.
+        """Store ``delivery`` durably (its job queued); True if new, False if a duplicate.
 
         Raises ``StoreError`` if the batch could not be committed or the committer is closed.
         """
@@ -294,7 +294,7 @@ class ProcessCommitter:
         self._supervisor = asyncio.create_task(self._supervise(), name="ingest-writer")
 
     async def submit(self, delivery: NewDelivery) -> bool:
-        """Store ``delivery`` and enqueue its job durably; True if new, False if a duplicate.
+        """Store ``delivery`` durably (its job queued); True if new, False if a duplicate.
 
         Raises ``StoreError`` if the batch could not be committed, the writer process
         stopped before answering, or the committer is not running.

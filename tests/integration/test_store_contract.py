@@ -407,6 +407,35 @@ async def test_requeue_delivery_enqueues_a_fresh_job_only_when_none_is_live(stor
     assert fresh.id != job.id
 
 
+async def test_requeue_before_the_first_claim_leaves_every_delivery_queued(store: Store) -> None:
+    # SQLite gives deliveries their jobs at the next claim or requeue: a job made for the
+    # newest delivery first must not hide the older ones from the queue.
+    first, second, third = (delivery(f"i:{n}", received_at=T0 + n) for n in range(3))
+    for each in (first, second, third):
+        await store.accept([each])
+    assert await store.requeue_delivery(third.delivery_id, now=T0 + 5) is False  # queued
+    assert await store.queue_stats(now=T0 + 5) == (3, 5.0)
+    jobs = await store.claim("w1", now=T0 + 5, lease_seconds=LEASE, limit=10)
+    assert [j.delivery_id for j in jobs] == [first.delivery_id, second.delivery_id,
+                                             third.delivery_id]
+    assert await store.claim("w1", now=T0 + 5, lease_seconds=LEASE, limit=10) == []
+
+
+async def test_requeuing_an_old_delivery_keeps_newer_ones_queued(store: Store) -> None:
+    old = delivery("i:old", received_at=T0)
+    await store.accept([old])
+    job = await claim_one(store, now=T0)
+    await store.fail_job(job.id, "w1", error="boom")
+    newer = [delivery(f"i:{n}", received_at=T0 + n) for n in (1, 2)]
+    await store.accept(newer)
+    assert await store.requeue_delivery(old.delivery_id, now=T0 + 3) is True
+    assert (await store.queue_stats(now=T0 + 3))[0] == 3
+    jobs = await store.claim("w2", now=T0 + 5, lease_seconds=LEASE, limit=10)
+    assert [j.delivery_id for j in jobs] == [newer[0].delivery_id, newer[1].delivery_id,
+                                             old.delivery_id]  # by run_at
+    assert all(j.attempts == 1 for j in jobs)
+
+
 async def test_list_deliveries_newest_first_with_job_and_delegation(store: Store) -> None:
     old = delivery("github:acme/app#1", received_at=T0)
     new = delivery("github:acme/app#2", received_at=T0 + 1)
@@ -708,6 +737,40 @@ async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
         assert {"deliveries", "jobs", "accounts", "identities", "delegations"} <= tables
+    finally:
+        raw.close()
+
+
+async def test_upgrading_sqlite_to_jobs_made_at_claim_skips_and_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Version 2 enqueued each delivery's job with it (a trigger); version 3 makes the
+    # jobs at the next claim. Deliveries stored on either side run exactly once.
+    import service.store.sqlite as sqlite_module
+
+    older = [m for m in load_migrations("sqlite") if m.version <= 2]
+    monkeypatch.setattr(sqlite_module, "load_migrations", lambda dialect: older)
+    store = await SQLiteStore.open(tmp_path / "bridge.db")
+    try:
+        assert await store.migrate() == [1, 2]
+        before = [delivery(f"i:{n}", received_at=T0 + n) for n in range(3)]
+        await store.accept(before)
+        done = await claim_one(store, now=T0)
+        await store.finish_job(done.id, "w1")
+        monkeypatch.undo()
+        assert await store.migrate() == [3]
+        after = [delivery(f"i:{n}", received_at=T0 + n) for n in range(3, 5)]
+        await store.accept(after)
+        assert await store.queue_stats(now=T0 + 9) == (4, 8.0)
+        jobs = await store.claim("w1", now=T0 + 9, lease_seconds=LEASE, limit=10)
+        assert [j.delivery_id for j in jobs] == [d.delivery_id for d in [*before[1:], *after]]
+        assert await store.claim("w2", now=T0 + 9, lease_seconds=LEASE, limit=10) == []
+    finally:
+        await store.close()
+    raw = sqlite3.connect(tmp_path / "bridge.db")
+    try:
+        per_delivery = raw.execute("SELECT count(*) FROM jobs GROUP BY delivery_ref").fetchall()
+        assert per_delivery == [(1,)] * 5  # one job each
     finally:
         raw.close()
 

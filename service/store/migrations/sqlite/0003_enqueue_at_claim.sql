@@ -1,0 +1,11 @@
+-- Storing a delivery no longer enqueues its job in the same statement. Every webhook
+-- waits for the commit of its delivery, and the trigger's job row with its four index
+-- entries was about half of that commit's work in the ingest writer. Deliveries now
+-- become jobs when a worker claims (or a delivery is requeued): every delivery newer
+-- than the newest delivery that has a job gets its first job, in arrival order, in
+-- the claim's own transaction (SQLiteStore, _ENQUEUE_NEW_DELIVERIES).
+--
+-- That rule holds because deliveries are never deleted and get increasing ids, and
+-- because every job insert runs it first. Until now every delivery got its job with
+-- it, so the newest delivery with a job is the newest delivery: nothing is skipped.
+DROP TRIGGER IF EXISTS deliveries_enqueue_job;
