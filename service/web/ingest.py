@@ -291,6 +291,7 @@ class ProcessCommitter:
         """
         self._loop = asyncio.get_running_loop()
         self._process, self._connection = await self._spawn()
+        log.info("ingest_writer_started", pid=self._process.pid)
         self._supervisor = asyncio.create_task(self._supervise(), name="ingest-writer")
 
     async def submit(self, delivery: NewDelivery) -> bool:

@@ -233,7 +233,7 @@ from service.web.ingest import ProcessCommitter
 async def main():
     committer = ProcessCommitter(sys.argv[1])
     await committer.start()
-    print(committer.writer_pid, flush=True)
+    print("writer-pid", committer.writer_pid, flush=True)
     await asyncio.sleep(60)
 asyncio.run(main())
 """
@@ -247,8 +247,11 @@ async def test_the_writer_exits_when_the_bridge_is_killed(store: SQLiteStore) ->
         env={**os.environ, "PYTHONPATH": REPO}, text=True)
     try:
         assert parent.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 30)
-        writer = int(line)
+        line = ""
+        while not line.startswith("writer-pid "):  # structlog writes to stdout as well
+            line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 30)
+            assert line, "the bridge exited before it started its writer"
+        writer = int(line.split()[1])
         assert process_exists(writer)
         parent.kill()  # SIGKILL: no clean-up of any kind
         parent.wait(10)
