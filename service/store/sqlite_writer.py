@@ -36,6 +36,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from service.errors import StoreError
 from service.store import first_wins
@@ -72,7 +73,10 @@ class SQLiteBatchWriter:
         """
         self._report = report
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # mode=rw: a file that has gone must be an error, not a new empty database.
+            uri = Path(path).resolve().as_uri() + "?mode=rw"
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                         check_same_thread=False)
             for pragma in SESSION_PRAGMAS:
                 self._conn.execute(pragma)
             self._conn.execute("PRAGMA busy_timeout = 0")  # see _begin

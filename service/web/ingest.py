@@ -353,7 +353,10 @@ class ProcessCommitter:
     async def _spawn(self) -> tuple[asyncio.subprocess.Process, _WriterConnection]:
         """A new writer process, ready; raises ``StoreError``."""
         loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:
+            raise StoreError(f"cannot start the ingest writer: {exc}") from exc
         try:
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -366,12 +369,16 @@ class ProcessCommitter:
         except OSError as exc:
             ours.close()
             raise StoreError(f"cannot start the ingest writer: {exc}") from exc
+        connection: _WriterConnection | None = None
         try:
             _, connection = await loop.connect_accepted_socket(
                 lambda: _WriterConnection(self.on_commit), ours)
             await asyncio.wait_for(asyncio.shield(connection.ready), self.start_timeout)
         except BaseException as exc:
-            ours.close()
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()  # it owns the socket now
+            else:
+                ours.close()
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -398,7 +405,7 @@ class ProcessCommitter:
                 failures += 1
                 try:
                     self._process, self._connection = await self._spawn()
-                except StoreError as exc:
+                except Exception as exc:  # whatever it is, try again after the next pause
                     log.error("ingest_writer_not_started", error=str(exc))
                     continue
                 failures = 0

@@ -203,6 +203,32 @@ async def test_a_killed_writer_fails_what_it_held_and_a_new_one_takes_over(
     assert await stored_ids(store) == ["d-1", "d-2"]
 
 
+async def test_a_new_writer_is_tried_again_until_it_can_start(
+    store: SQLiteStore, committer: ProcessCommitter, tmp_path: Path,
+) -> None:
+    pid = committer.writer_pid
+    assert pid is not None
+    (tmp_path / "bridge.db").rename(tmp_path / "away.db")  # a new writer cannot open it
+    with capture_logs() as logs:
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: [e["event"] for e in logs].count("ingest_writer_not_started")
+                         >= 2, "two failed starts")
+        assert not committer.running
+        (tmp_path / "away.db").rename(tmp_path / "bridge.db")
+        await eventually(lambda: committer.running, "a new writer")
+    assert "unable to open" in next(e["error"] for e in logs
+                                    if e["event"] == "ingest_writer_not_started")
+    assert await committer.submit(delivery(1)) is True
+    assert await stored_ids(store) == ["d-1"]
+
+
+async def test_a_writer_never_creates_a_database_that_is_missing(tmp_path: Path) -> None:
+    committer = ProcessCommitter(str(tmp_path / "missing.db"))
+    with pytest.raises(StoreError, match="ingest writer did not start"):
+        await committer.start()
+    assert not (tmp_path / "missing.db").exists()
+
+
 async def test_a_writer_that_cannot_open_the_database_fails_start(tmp_path: Path) -> None:
     not_a_database = tmp_path / "bridge.db"
     not_a_database.write_bytes(b"this is not an SQLite file, it is much longer than its header")
