@@ -91,15 +91,22 @@ _HAS_MIGRATIONS_TABLE = (
 _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
 
 # Deliveries still without a job: those above the newest delivery that has one
-# (max(delivery_ref), on jobs_by_delivery). Deliveries are never deleted and their ids
-# only grow, and every job insert first runs _ENQUEUE_NEW_DELIVERIES, so nothing below
-# it lacks a job. This gives each its first job, queued at its arrival, in arrival
-# order (which the claim order by (run_at, id) and the per-issue order by id rely on).
+# (max(delivery_ref), on jobs_by_delivery). Nothing below it lacks a job, because
+# deliveries get growing ids, every job insert first runs this, and neither deliveries
+# nor jobs are ever deleted. (A clean-up that deletes rows must keep the newest
+# delivery and its jobs: a smaller max(delivery_ref) would give deliveries that ran
+# long ago a second job, and a reused id would be skipped.)
+# This gives the oldest 1,000 of them their first job, queued at their arrival, in
+# arrival order (which the claim order by (run_at, id) and the per-issue order by id
+# rely on). The limit keeps the write lock short after a long backlog (200,000
+# deliveries took 1.7 s in one statement; the ingest writer gives up after 5 s); the
+# rest follow at the next claims.
 _ENQUEUE_NEW_DELIVERIES = """
 INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
 SELECT id, issue_key, received_at, received_at, received_at FROM deliveries
 WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs)
 ORDER BY id
+LIMIT 1000
 """
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on

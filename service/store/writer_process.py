@@ -25,6 +25,7 @@ second interpreter in the bridge's memory budget.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import socket
@@ -59,7 +60,7 @@ def serve(sock: socket.socket, writer: BatchWriter, anomalies: list[Anomaly], *,
     """
     sock.sendall(encode(Ready(os.getpid())))
     frames = FrameBuffer()
-    waiting: list[Batch] = []
+    waiting: collections.deque[Batch] = collections.deque()
     closed = False
     while not closed or waiting:
         if not waiting:
@@ -72,7 +73,7 @@ def serve(sock: socket.socket, writer: BatchWriter, anomalies: list[Anomaly], *,
         batches: list[Batch] = []
         count = 0
         while waiting and (not batches or count + len(waiting[0].deliveries) <= max_batch):
-            batch = waiting.pop(0)
+            batch = waiting.popleft()
             batches.append(batch)
             count += len(batch.deliveries)
         if batches:

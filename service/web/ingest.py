@@ -20,6 +20,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, cast, runtime_checkable
@@ -28,6 +29,7 @@ from service.errors import StoreError
 from service.logging import get_logger
 from service.store.base import NewDelivery, Store
 from service.store.writer_protocol import (
+    MAX_FRAME_BYTES,
     Batch,
     FrameBuffer,
     FrameError,
@@ -142,11 +144,13 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 START_TIMEOUT_SECONDS = 30.0
 #: How long ``stop`` waits for the writer to commit what it was given and exit.
 STOP_TIMEOUT_SECONDS = 30.0
+#: A writer that ran this long before it stopped restarts after the first pause again.
+_STABLE_SECONDS = 60.0
 #: How long a writer whose socket closed may take to exit before it is killed.
 _LINGER_SECONDS = 5.0
 #: Environment variables the writer process inherits: it runs Python, and nothing of
 #: the bridge's configuration (which may name secrets in ``env:`` references) is its.
-_WRITER_ENVIRONMENT = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV")
+_WRITER_ENVIRONMENT = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
 _WRITER_ENVIRONMENT_PREFIXES = ("PYTHON", "LC_")
 
 
@@ -184,10 +188,11 @@ class _WriterConnection(asyncio.Protocol):
         """Ready, and not closed: batches sent now are answered."""
         return self.ready.done() and not self.ready.exception() and not self.closed.done()
 
-    def send(self, deliveries: list[NewDelivery], futures: list[asyncio.Future[bool]]) -> None:
+    def send(self, frame: bytes, futures: list[asyncio.Future[bool]]) -> None:
+        """Send one encoded ``Batch``; its reply will answer ``futures``."""
         assert self.transport is not None
+        self.transport.write(frame)
         self.in_flight.append(futures)
-        self.transport.write(encode(Batch(deliveries)))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -317,26 +322,32 @@ class ProcessCommitter:
             return
         self._flush()
         self._closed = True
-        connection, process, supervisor = self._connection, self._process, self._supervisor
+        connection, supervisor = self._connection, self._supervisor
         if supervisor is None:
             return  # never started
         if connection is not None and connection.usable and connection.transport is not None:
             connection.transport.write_eof()  # the writer answers every batch, then exits
         else:
             supervisor.cancel()  # between writers: nothing is in flight
-        try:
-            await asyncio.wait_for(asyncio.shield(supervisor), self.stop_timeout)
-        except TimeoutError:
+        done, _ = await asyncio.wait([supervisor], timeout=self.stop_timeout)
+        if not done:
             log.error("ingest_writer_killed", note=f"it did not exit within {self.stop_timeout} s")
-            if process is not None and process.returncode is None:
+            supervisor.cancel()
+            await asyncio.wait([supervisor])
+        elif not supervisor.cancelled() and supervisor.exception() is not None:
+            log.error("ingest_writer_supervisor_failed", error=repr(supervisor.exception()))
+        process = self._process  # the supervisor may have started another meanwhile
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            await asyncio.gather(supervisor, return_exceptions=True)
-        except asyncio.CancelledError:
-            if not supervisor.cancelled():
-                raise
+            await process.wait()
 
     def _flush(self) -> None:
-        """Send everything queued to the writer, in batches of ``max_batch`` at most."""
+        """Send everything queued to the writer, in batches of ``max_batch`` at most.
+
+        Whatever cannot be sent fails with ``StoreError`` (a 503) at once: nobody waits
+        for an answer that no frame will bring.
+        """
         self._flush_scheduled = False
         deliveries, futures = self._queued, self._waiting
         if not deliveries:
@@ -346,9 +357,15 @@ class ProcessCommitter:
         if self._closed or connection is None or not connection.usable:
             fail(futures, StoreError("the ingest writer stopped"))
             return
-        for start in range(0, len(deliveries), self.max_batch):
-            end = start + self.max_batch
-            connection.send(deliveries[start:end], futures[start:end])
+        sent = 0
+        try:
+            for start in range(0, len(deliveries), self.max_batch):
+                end = start + self.max_batch
+                _send_within_frame_limit(connection, deliveries[start:end], futures[start:end])
+                sent = end
+        except Exception as exc:
+            log.exception("delivery_batch_not_sent")
+            fail(futures[sent:], StoreError(f"the batch could not be sent: {exc}"))
 
     async def _spawn(self) -> tuple[asyncio.subprocess.Process, _WriterConnection]:
         """A new writer process, ready; raises ``StoreError``."""
@@ -360,15 +377,19 @@ class ProcessCommitter:
         try:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "service.store.writer_process",
+                    # -P: not the working directory first on sys.path (PYTHONPATH names
+                    # the bridge's own package), so nothing there can stand in for it.
+                    sys.executable, "-P", "-m", "service.store.writer_process",
                     "--fd", str(theirs.fileno()), "--max-batch", str(self.max_batch),
                     self.database, stdin=asyncio.subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),), env=writer_environment())
             finally:
                 theirs.close()
-        except OSError as exc:
+        except BaseException as exc:
             ours.close()
-            raise StoreError(f"cannot start the ingest writer: {exc}") from exc
+            if isinstance(exc, Exception):
+                raise StoreError(f"cannot start the ingest writer: {exc}") from exc
+            raise
         connection: _WriterConnection | None = None
         try:
             _, connection = await loop.connect_accepted_socket(
@@ -393,12 +414,15 @@ class ProcessCommitter:
         failures = 0
         while True:
             assert self._process is not None and self._connection is not None
+            started = time.monotonic()
             await self._connection.closed
             status = await _ended(self._process)
             if self._closed:
                 return
             log.error("ingest_writer_stopped", exit_status=status,
                       note="deliveries are answered 503 until a new writer is ready")
+            if time.monotonic() - started >= _STABLE_SECONDS:
+                failures = 0  # it had been fine: start again quickly; else back off further
             while True:
                 await asyncio.sleep(self.restart_delays[min(failures,
                                                             len(self.restart_delays) - 1)])
@@ -408,9 +432,29 @@ class ProcessCommitter:
                 except Exception as exc:  # whatever it is, try again after the next pause
                     log.error("ingest_writer_not_started", error=str(exc))
                     continue
-                failures = 0
                 log.info("ingest_writer_restarted", pid=self._process.pid)
                 break
+
+
+def _send_within_frame_limit(
+    connection: _WriterConnection, deliveries: list[NewDelivery],
+    futures: list[asyncio.Future[bool]],
+) -> None:
+    """Send ``deliveries`` as one frame, or halves of them while the frame would be
+    over ``MAX_FRAME_BYTES`` (the writer refuses such a frame as out of step); a single
+    delivery over it fails alone. Encoding comes first: a frame that cannot be built
+    leaves nothing in flight."""
+    frame = encode(Batch(deliveries))
+    if len(frame) <= MAX_FRAME_BYTES:
+        connection.send(frame, futures)
+    elif len(deliveries) == 1:
+        log.error("delivery_too_large_to_store", bytes=len(frame), limit=MAX_FRAME_BYTES)
+        fail(futures, StoreError(f"the delivery takes {len(frame)} bytes to store; "
+                                 f"the ingest writer takes {MAX_FRAME_BYTES} at most"))
+    else:
+        half = len(deliveries) // 2
+        _send_within_frame_limit(connection, deliveries[:half], futures[:half])
+        _send_within_frame_limit(connection, deliveries[half:], futures[half:])
 
 
 async def _ended(process: asyncio.subprocess.Process) -> int:

@@ -51,8 +51,9 @@ def request_headers(scope: Scope) -> dict[str, str]:
     from the last header to the first, so that the first of repeated names is the
     one left (a comprehension: 40 % cheaper than a loop that checks each name).
     """
+    raw = scope["headers"]  # an iterable by the ASGI spec; a list from uvicorn
     return {name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in reversed(scope["headers"])}
+            for name, value in reversed(raw if isinstance(raw, list | tuple) else list(raw))}
 
 
 async def read_body(headers: Mapping[str, str], receive: Receive, limit: int) -> bytes:

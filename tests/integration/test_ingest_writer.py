@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from service.errors import StoreError
@@ -23,6 +25,7 @@ from service.store.base import NewDelivery
 from service.store.sqlite import SQLiteStore
 from service.store.sqlite_writer import SQLiteBatchWriter
 from service.store.writer_protocol import Anomaly, Stored, encode
+from service.web import ingest
 from service.web.ingest import (
     GroupCommitter,
     ProcessCommitter,
@@ -55,27 +58,41 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.close()
 
 
+def database_of(store: SQLiteStore) -> str:
+    path = store.ingest_database()
+    assert path is not None
+    return path
+
+
+async def started(store: SQLiteStore, **options: Any) -> ProcessCommitter:
+    """A ProcessCommitter for ``store``'s file, its writer ready."""
+    committer = ProcessCommitter(database_of(store), **options)
+    await committer.start()
+    return committer
+
+
 @pytest.fixture
 async def committer(store: SQLiteStore) -> AsyncIterator[ProcessCommitter]:
-    database = store.ingest_database()
-    assert database is not None
-    started = ProcessCommitter(database, restart_delays=(0.05,))
-    await started.start()
-    yield started
-    await started.stop()
+    running = await started(store, restart_delays=(0.05,))
+    yield running
+    await running.stop()
 
 
 def lock_database(store: SQLiteStore) -> sqlite3.Connection:
     """Another connection holding the write lock, as the worker's claim would."""
-    path = store.ingest_database()
-    assert path is not None
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other = sqlite3.connect(database_of(store), isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     return other
 
 
 async def stored_ids(store: SQLiteStore) -> list[str]:
     return sorted(r.delivery_id for r in await store.list_deliveries(limit=1000))
+
+
+async def claimed_ids(store: SQLiteStore) -> list[str]:
+    """Every job a worker can claim now (the test deliveries are of distinct issues)."""
+    jobs = await store.claim("test", now=2e9, lease_seconds=30, limit=1000)
+    return sorted(job.delivery_id for job in jobs)
 
 
 def process_exists(pid: int) -> bool:
@@ -94,10 +111,7 @@ async def test_submitters_are_answered_after_the_writer_process_has_committed(
     store: SQLiteStore,
 ) -> None:
     commits: list[int] = []
-    database = store.ingest_database()
-    assert database is not None
-    committer = ProcessCommitter(database, on_commit=lambda: commits.append(1))
-    await committer.start()
+    committer = await started(store, on_commit=lambda: commits.append(1))
     assert committer.writer_pid not in (None, os.getpid())
     other = lock_database(store)
     first = asyncio.ensure_future(committer.submit(delivery(1)))
@@ -108,7 +122,7 @@ async def test_submitters_are_answered_after_the_writer_process_has_committed(
     assert await first is True
     assert await asyncio.gather(*later) == [True, True, False]  # the first of a batch wins
     assert await stored_ids(store) == ["d-1", "d-2", "d-3"]
-    assert (await store.queue_stats(now=2e9))[0] == 3  # one job per new delivery
+    assert await claimed_ids(store) == ["d-1", "d-2", "d-3"]  # one job per new delivery
     assert commits == [1]  # one batch, and it stored something new
     assert await committer.submit(delivery(2)) is False
     assert commits == [1]  # a duplicate does not wake the worker
@@ -128,9 +142,7 @@ async def test_many_concurrent_deliveries_share_commits_and_each_gets_its_answer
 async def test_a_failed_transaction_fails_its_submitters_and_the_next_one_commits(
     store: SQLiteStore, committer: ProcessCommitter,
 ) -> None:
-    path = store.ingest_database()
-    assert path is not None
-    other = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(database_of(store), isolation_level=None)
     other.execute("ALTER TABLE deliveries RENAME TO deliveries_away")
     with capture_logs() as logs, pytest.raises(StoreError, match="no such table"):
         await committer.submit(delivery(1))
@@ -145,9 +157,7 @@ async def test_a_failed_transaction_fails_its_submitters_and_the_next_one_commit
 async def test_stop_commits_everything_submitted_then_the_writer_exits(
     store: SQLiteStore,
 ) -> None:
-    database = store.ingest_database()
-    assert database is not None
-    committer = ProcessCommitter(database)
+    committer = ProcessCommitter(database_of(store))
     assert not committer.running
     await committer.start()
     assert committer.running
@@ -168,6 +178,104 @@ async def test_stop_commits_everything_submitted_then_the_writer_exits(
         await committer.submit(delivery(9))
     await committer.stop()  # twice is a no-op
     assert await stored_ids(store) == [f"d-{n}" for n in range(5)]
+
+
+def record_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of deliveries of each frame sent to a writer from now on."""
+    sizes: list[int] = []
+    send = _WriterConnection.send
+
+    def recording(self: _WriterConnection, frame: bytes,
+                  futures: list[asyncio.Future[bool]]) -> None:
+        sizes.append(len(futures))
+        send(self, frame, futures)
+
+    monkeypatch.setattr(_WriterConnection, "send", recording)
+    return sizes
+
+
+async def test_a_loop_iteration_sends_frames_of_max_batch_deliveries_at_most(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    committer = await started(store, max_batch=3)
+    frames = record_frames(monkeypatch)
+    try:
+        answers = await asyncio.gather(*(committer.submit(delivery(n)) for n in range(8)))
+    finally:
+        await committer.stop()
+    assert answers == [True] * 8
+    assert frames == [3, 3, 2]
+    assert await stored_ids(store) == [f"d-{n}" for n in range(8)]
+
+
+async def test_frames_stay_under_the_writers_limit_and_a_delivery_over_it_fails_alone(
+    store: SQLiteStore, committer: ProcessCommitter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingest, "MAX_FRAME_BYTES", 4000)  # the writer's own stays larger
+    frames = record_frames(monkeypatch)
+
+    def sized(number: int, size: int) -> NewDelivery:
+        return replace(delivery(number), event_json='"' + "x" * size + '"')
+
+    batch = [sized(1, 1500), sized(2, 1500), sized(3, 6000), sized(4, 1500), sized(5, 10)]
+    with capture_logs() as logs:
+        answers = await asyncio.gather(*(committer.submit(d) for d in batch),
+                                       return_exceptions=True)
+    assert answers[:2] == [True, True] and answers[3:] == [True, True]
+    assert isinstance(answers[2], StoreError) and "4000 at most" in str(answers[2])
+    assert "delivery_too_large_to_store" in [e["event"] for e in logs]
+    assert sum(frames) == 4 and max(frames) <= 2  # split into frames under the limit
+    assert await stored_ids(store) == ["d-1", "d-2", "d-4", "d-5"]
+
+
+async def test_a_batch_that_cannot_be_encoded_fails_and_the_next_is_answered_in_step(
+    store: SQLiteStore, committer: ProcessCommitter,
+) -> None:
+    broken = replace(delivery(1), event_json="\ud800")  # a lone surrogate: no UTF-8 for it
+    with capture_logs() as logs, pytest.raises(StoreError, match="could not be sent"):
+        await committer.submit(broken)
+    assert "delivery_batch_not_sent" in [e["event"] for e in logs]
+    assert await committer.submit(delivery(2)) is True  # its own answer, not a stale one
+    assert await committer.submit(delivery(2)) is False
+    assert await stored_ids(store) == ["d-2"]
+
+
+async def test_every_batch_in_flight_fails_when_the_writer_dies(
+    store: SQLiteStore, committer: ProcessCommitter,
+) -> None:
+    pid = committer.writer_pid
+    assert pid is not None
+    other = lock_database(store)
+    first = asyncio.ensure_future(committer.submit(delivery(1)))
+    await asyncio.sleep(0.1)  # the writer has taken it and waits for the lock
+    second = asyncio.ensure_future(committer.submit(delivery(2)))  # a frame of its own
+    await asyncio.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    for in_flight in (first, second):
+        with pytest.raises(StoreError, match="ingest writer stopped"):
+            await in_flight
+    other.rollback()
+    other.close()
+    await eventually(lambda: committer.running, "a new writer")
+    assert await committer.submit(delivery(3)) is True
+    assert await stored_ids(store) == ["d-3"]
+
+
+async def test_stop_while_a_new_writer_is_awaited_leaves_no_process(
+    store: SQLiteStore,
+) -> None:
+    committer = await started(store, restart_delays=(30.0,))
+    pid = committer.writer_pid
+    assert pid is not None
+    with capture_logs():
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: not committer.running, "the writer's death to be seen")
+        stopping = time.monotonic()
+        await committer.stop()  # during the 30 s pause before a new writer
+    assert time.monotonic() - stopping < 5
+    assert not process_exists(pid)
+    with pytest.raises(StoreError):
+        await committer.submit(delivery(1))
 
 
 async def test_stop_before_start_is_a_no_op(tmp_path: Path) -> None:
@@ -239,16 +347,26 @@ async def test_a_writer_that_cannot_open_the_database_fails_start(tmp_path: Path
 
 
 async def test_the_writer_process_sees_no_secret_of_the_bridges_environment(
-    committer: ProcessCommitter, monkeypatch: pytest.MonkeyPatch,
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert writer_environment({"GITHUB_TOKEN": "ghp_x", "CODER_BRIDGE_KEY": "k", "PATH": "/bin",
                                "PYTHONPATH": "/x", "LC_ALL": "C"}) == {
         "PATH": "/bin", "LC_ALL": "C",
         "PYTHONPATH": os.pathsep.join([REPO, "/x"])}
-    with open(f"/proc/{committer.writer_pid}/environ", "rb") as handle:  # noqa: ASYNC230
-        environ = handle.read().split(b"\0")
-    names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
-    assert names <= {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV"} | {
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_" + "s3cret" * 8)
+    monkeypatch.setenv("CODER_BRIDGE_KEY", "a-key-that-must-stay-in-the-bridge")
+    committer = await started(store)
+    try:
+        with open(f"/proc/{committer.writer_pid}/environ", "rb") as handle:  # noqa: ASYNC230
+            environ = handle.read()
+        with open(f"/proc/{committer.writer_pid}/cmdline", "rb") as handle:  # noqa: ASYNC230
+            cmdline = handle.read()
+    finally:
+        await committer.stop()
+    for secret in (b"s3cret", b"a-key-that-must-stay"):
+        assert secret not in environ and secret not in cmdline
+    names = {entry.split(b"=", 1)[0].decode() for entry in environ.split(b"\0") if entry}
+    assert names <= {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH"} | {
         name for name in names if name.startswith(("PYTHON", "LC_"))}
     assert "PYTHONPATH" in names
 
@@ -266,10 +384,8 @@ asyncio.run(main())
 
 
 async def test_the_writer_exits_when_the_bridge_is_killed(store: SQLiteStore) -> None:
-    database = store.ingest_database()
-    assert database is not None
     parent = subprocess.Popen(  # noqa: ASYNC220 - it must be killable on its own
-        [sys.executable, "-c", PARENT, database], stdout=subprocess.PIPE,
+        [sys.executable, "-c", PARENT, database_of(store)], stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": REPO}, text=True)
     try:
         assert parent.stdout is not None
@@ -333,9 +449,7 @@ Reported = list[tuple[str, Mapping[str, int]]]
 
 
 def open_writer(store: SQLiteStore, reported: Reported | None = None) -> SQLiteBatchWriter:
-    path = store.ingest_database()
-    assert path is not None
-    return SQLiteBatchWriter(path, report=None if reported is None else
+    return SQLiteBatchWriter(database_of(store), report=None if reported is None else
                              lambda event, figures: reported.append((event, figures)))
 
 
@@ -377,12 +491,12 @@ async def test_a_batch_of_new_deliveries_is_one_statement_in_its_own_transaction
 ) -> None:
     writer = open_writer(store)
     statements: list[str] = []
-    writer._conn.set_trace_callback(statements.append)  # also once per trigger run
+    writer._conn.set_trace_callback(statements.append)
     assert writer.accept([delivery(n) for n in range(5)]) == [True] * 5
     assert len(set(statements)) == 1  # no BEGIN, no COMMIT, no second query
     assert statements[0].startswith("INSERT INTO deliveries")
     writer.close()
-    assert (await store.queue_stats(now=2e9))[0] == 5  # committed, one job each
+    assert await claimed_ids(store) == [f"d-{n}" for n in range(5)]  # committed
 
 
 async def test_redeliveries_in_a_batch_are_told_apart_from_the_rows_it_added(
@@ -395,7 +509,7 @@ async def test_redeliveries_in_a_batch_are_told_apart_from_the_rows_it_added(
     assert writer.accept([delivery(4), delivery(5)]) == [False, False]
     writer.close()
     assert await stored_ids(store) == [f"d-{n}" for n in range(1, 6)]
-    assert (await store.queue_stats(now=2e9))[0] == 5
+    assert await claimed_ids(store) == [f"d-{n}" for n in range(1, 6)]  # one job each
 
 
 async def test_rows_the_statement_added_that_cannot_be_found_are_reported_never_lost(
@@ -411,7 +525,7 @@ async def test_rows_the_statement_added_that_cannot_be_found_are_reported_never_
     assert answers[0] is False and answers[1:].count(True) == 1
     assert reported == [("delivery_batch_rowids_not_consecutive", {"inserted": 2, "found": 1})]
     writer.close()
-    assert (await store.queue_stats(now=2e9))[0] == 3  # every new delivery is stored and queued
+    assert len(await claimed_ids(store)) == 3  # every new delivery is stored and runs
 
 
 def test_a_writer_out_of_step_is_cut_off() -> None:

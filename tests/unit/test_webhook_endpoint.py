@@ -199,3 +199,6 @@ def test_header_names_are_matched_in_lower_case_and_the_first_repeat_wins() -> N
         (b"X-Hub-Signature-256", b"sha256=first"), (b"x-hub-signature-256", b"sha256=second"),
         (b"x-github-event", b"issues")]))
     assert headers == {"x-hub-signature-256": "sha256=first", "x-github-event": "issues"}
+    generated = request_headers(scope(headers=(pair for pair in [  # ASGI: any iterable
+        (b"x-github-event", b"issues"), (b"X-GitHub-Event", b"ping")])))
+    assert generated == {"x-github-event": "issues"}

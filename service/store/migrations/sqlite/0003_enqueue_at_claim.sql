@@ -5,7 +5,12 @@
 -- than the newest delivery that has a job gets its first job, in arrival order, in
 -- the claim's own transaction (SQLiteStore, _ENQUEUE_NEW_DELIVERIES).
 --
--- That rule holds because deliveries are never deleted and get increasing ids, and
--- because every job insert runs it first. Until now every delivery got its job with
--- it, so the newest delivery with a job is the newest delivery: nothing is skipped.
+-- That rule holds because deliveries get increasing ids, every job insert runs it
+-- first, and neither deliveries nor jobs are ever deleted (a clean-up must keep the
+-- newest delivery and its jobs). Until now every delivery got its job with it, so the
+-- newest delivery with a job is the newest delivery: nothing is skipped.
+--
+-- Upgrade every process that shares the database file together: a worker of an
+-- earlier version claims only existing jobs, so new deliveries would wait for an
+-- upgraded one (nothing is lost).
 DROP TRIGGER IF EXISTS deliveries_enqueue_job;
