@@ -421,6 +421,20 @@ async def test_requeue_before_the_first_claim_leaves_every_delivery_queued(store
     assert await store.claim("w1", now=T0 + 5, lease_seconds=LEASE, limit=10) == []
 
 
+async def test_a_backlog_is_claimed_whole_in_arrival_order(store: Store) -> None:
+    # SQLite makes the jobs of at most 1,000 deliveries per claim; the rest follow.
+    backlog = [delivery(f"i:{n}", received_at=T0 + n / 1000) for n in range(2500)]
+    await store.accept(backlog)
+    assert (await store.queue_stats(now=T0 + 10))[0] == 2500
+    claimed: list[str] = []
+    for _ in range(10):
+        jobs = await store.claim("w1", now=T0 + 10, lease_seconds=LEASE, limit=800)
+        if not jobs:
+            break
+        claimed += [j.delivery_id for j in jobs]
+    assert claimed == [d.delivery_id for d in backlog]  # each once, oldest first
+
+
 async def test_requeuing_an_old_delivery_keeps_newer_ones_queued(store: Store) -> None:
     old = delivery("i:old", received_at=T0)
     await store.accept([old])
