@@ -62,6 +62,11 @@ TOKENS_INVALID = Counter(
     "Stored Coder tokens found invalid (Coder answered 401).",
     registry=REGISTRY,
 )
+INGEST_WRITER_EXITS = Counter(
+    "coder_bridge_ingest_writer_exits_total",
+    "Times the SQLite ingest writer process stopped unexpectedly (a new one is started).",
+    registry=REGISTRY,
+)
 WORKER_HEARTBEAT = Gauge(
     "coder_bridge_worker_heartbeat_timestamp_seconds",
     "When the worker loop last completed a cycle (UNIX time).",

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, cast, runtime_checkable
 
+from service import metrics
 from service.errors import StoreError
 from service.logging import get_logger
 from service.store.base import NewDelivery, Store
@@ -419,6 +420,7 @@ class ProcessCommitter:
             status = await _ended(self._process)
             if self._closed:
                 return
+            metrics.INGEST_WRITER_EXITS.inc()
             log.error("ingest_writer_stopped", exit_status=status,
                       note="deliveries are answered 503 until a new writer is ready")
             if time.monotonic() - started >= _STABLE_SECONDS:

@@ -19,6 +19,7 @@ import pytest
 from msgspec.structs import replace
 from structlog.testing import capture_logs
 
+from service import metrics
 from service.errors import StoreError
 from service.store import open_store, sqlite_writer
 from service.store.base import NewDelivery
@@ -291,6 +292,7 @@ async def test_a_killed_writer_fails_what_it_held_and_a_new_one_takes_over(
     assert await committer.submit(delivery(1)) is True
     pid = committer.writer_pid
     assert pid is not None
+    exits = metrics.REGISTRY.get_sample_value("coder_bridge_ingest_writer_exits_total")
     other = lock_database(store)  # the writer waits for the lock inside its transaction
     in_flight = asyncio.ensure_future(committer.submit(delivery(2)))
     await asyncio.sleep(0.1)
@@ -306,6 +308,8 @@ async def test_a_killed_writer_fails_what_it_held_and_a_new_one_takes_over(
         await eventually(lambda: committer.running, "a new writer")
     events = [e["event"] for e in logs]
     assert events[:1] == ["ingest_writer_stopped"] and "ingest_writer_restarted" in events
+    assert metrics.REGISTRY.get_sample_value(
+        "coder_bridge_ingest_writer_exits_total") == (exits or 0) + 1
     assert committer.writer_pid not in (None, pid)
     assert await committer.submit(delivery(2)) is True  # it was not stored before
     assert await stored_ids(store) == ["d-1", "d-2"]
