@@ -90,8 +90,8 @@ _HAS_MIGRATIONS_TABLE = (
 )
 _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
 
-# Deliveries still without a job: those above the newest delivery that has one
-# (max(delivery_ref), on jobs_by_delivery). Nothing below it lacks a job, because
+# The newest delivery that has a job (on jobs_by_delivery). Deliveries still without a
+# job are those above it. Nothing below it lacks a job, because
 # deliveries get growing ids, every job insert first runs this, and neither deliveries
 # nor jobs are ever deleted. (A clean-up that deletes rows must keep the newest
 # delivery and its jobs: a smaller max(delivery_ref) would give deliveries that ran
@@ -101,13 +101,15 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 # rely on). The limit keeps the write lock short after a long backlog (200,000
 # deliveries took 1.7 s in one statement; the ingest writer gives up after 5 s); the
 # rest follow at the next claims.
+_NEWEST_WITH_A_JOB = "(SELECT coalesce(max(delivery_ref), 0) FROM jobs)"
 _ENQUEUE_NEW_DELIVERIES = """
 INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
 SELECT id, issue_key, received_at, received_at, received_at FROM deliveries
-WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs)
+WHERE id > {newest_with_a_job}
 ORDER BY id
 LIMIT 1000
 """
+_ENQUEUE_NEW_DELIVERIES = _ENQUEUE_NEW_DELIVERIES.format(newest_with_a_job=_NEWEST_WITH_A_JOB)
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
@@ -183,15 +185,16 @@ _QUEUE_STATS = """
 SELECT
     (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running'))
         + (SELECT count(*) FROM deliveries
-           WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs)),
+           WHERE id > {newest_with_a_job}),
     (SELECT min(run_at) FROM (
         SELECT min(run_at) AS run_at FROM jobs WHERE status = 'queued' AND run_at <= :now
         UNION ALL
         SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < :now
         UNION ALL
         SELECT min(received_at) FROM deliveries
-        WHERE id > (SELECT coalesce(max(delivery_ref), 0) FROM jobs) AND received_at <= :now))
+        WHERE id > {newest_with_a_job} AND received_at <= :now))
 """
+_QUEUE_STATS = _QUEUE_STATS.format(newest_with_a_job=_NEWEST_WITH_A_JOB)
 
 # A delivery without a job is waiting for its first claim: queued.
 _LIST_DELIVERIES = """
@@ -217,12 +220,13 @@ WHERE d.id = (SELECT id FROM deliveries
               ORDER BY id DESC LIMIT 1)
   AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
                   AND status IN ('queued', 'running'))
-  AND d.id <= (SELECT coalesce(max(delivery_ref), 0) FROM jobs)
+  AND d.id <= {newest_with_a_job}
 """
 
 # IN over every tracker lets SQLite use the (tracker, delivery_id) unique key.
 _REQUEUE_DELIVERY = _REQUEUE_DELIVERY.format(
-    trackers=", ".join(f"'{tracker}'" for tracker in get_args(Tracker)))
+    trackers=", ".join(f"'{tracker}'" for tracker in get_args(Tracker)),
+    newest_with_a_job=_NEWEST_WITH_A_JOB)
 
 _CURRENT_DELEGATION = """
 SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -458,8 +458,7 @@ def open_writer(store: SQLiteStore, reported: Reported | None = None) -> SQLiteB
 
 
 async def in_thread(call: Callable[[], list[bool]]) -> list[bool]:
-    result: Awaitable[list[bool]] = asyncio.to_thread(call)
-    return await result
+    return await asyncio.to_thread(call)
 
 
 async def test_the_batch_writer_waits_briefly_for_a_write_lock_held_elsewhere(
