@@ -23,6 +23,7 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict service
+	$(BIN)/lint-imports
 	VENV=$(VENV) bash deploy/lint.sh
 
 fmt: $(STAMP)

@@ -115,6 +115,17 @@ def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 15.0) -> int |
         return proc.wait(timeout=10)
 
 
+def checkout(cleanup: Cleanup, ref: str) -> Path:
+    """A detached git worktree of ``ref`` (another version of the bridge, to measure
+    beside this one), removed again by ``cleanup``."""
+    path = temp_dir(cleanup, "bench-baseline-") / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach",
+                    str(path), ref], check=True)
+    cleanup.callback(lambda: subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False))
+    return path
+
+
 def temp_dir(cleanup: Cleanup, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     cleanup.directory(path)
@@ -188,18 +199,32 @@ def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
 
 
 # -- signed deliveries ---------------------------------------------------------------------
+NONCE_PLACEHOLDER = "@@DELIVERY-ID@@"
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One signed ``issues``/``labeled`` body for issue ``number``."""
+    """An ``issues``/``labeled`` body for issue ``number``, as a template: each request
+    writes its delivery id into the body (field ``bench_nonce``, which the bridge
+    ignores) and signs the result, so that no two requests carry the same bytes (the
+    bridge takes the same signed bytes under a new id for a replay)."""
 
     number: int
-    body: bytes
-    signature: str
+    head: bytes
+    tail: bytes
+
+    def body(self, delivery_id: str) -> bytes:
+        return self.head + delivery_id.encode() + self.tail
+
+    def signed(self, delivery_id: str) -> tuple[bytes, str]:
+        """(body, ``X-Hub-Signature-256``) of the request with this delivery id."""
+        body = self.body(delivery_id)
+        return body, sign_github(body)
 
 
 def labeled_deliveries(numbers: Sequence[int], *,
                        body_bytes: int = DEFAULT_BODY_BYTES) -> list[Delivery]:
-    """Signed ``labeled`` deliveries of distinct issues, each padded to ``body_bytes``.
+    """``labeled`` deliveries of distinct issues, each padded to about ``body_bytes``.
 
     Starts from the shared fixture (13.8 KB as GitHub pretty-prints it); the issue's
     number, id, URLs and title change per issue and ``issue.body`` is padded with
@@ -215,17 +240,19 @@ def labeled_deliveries(numbers: Sequence[int], *,
         for key in ("url", "labels_url", "comments_url", "events_url", "html_url"):
             issue[key] = issue[key].replace("/issues/1", f"/issues/{number}")
         issue["title"] = f"{issue['title']} ({number})"
+        payload["bench_nonce"] = NONCE_PLACEHOLDER
         body = json.dumps(payload, indent=2).encode()
         missing = body_bytes - len(body)
         if missing > 0:
             filler = (" The quick brown fox jumps over the lazy dog." * (missing // 40 + 2))
             issue["body"] = issue["body"] + filler[:missing]
             body = json.dumps(payload, indent=2).encode()
-        out.append(Delivery(number, body, sign_github(body)))
+        head, tail = body.split(NONCE_PLACEHOLDER.encode())
+        out.append(Delivery(number, head, tail))
     return out
 
 
-def github_headers(delivery: Delivery, delivery_id: str) -> dict[str, str]:
+def github_headers(delivery_id: str, signature: str) -> dict[str, str]:
     """The headers GitHub sends with a delivery (``X-GitHub-Delivery`` is not signed)."""
     return {
         "Content-Type": "application/json",
@@ -233,17 +260,17 @@ def github_headers(delivery: Delivery, delivery_id: str) -> dict[str, str]:
         "X-GitHub-Event": "issues",
         "X-GitHub-Delivery": delivery_id,
         "X-GitHub-Hook-ID": "292430182",
-        "X-Hub-Signature-256": delivery.signature,
+        "X-Hub-Signature-256": signature,
     }
 
 
 def write_pool(path: Path, deliveries: Sequence[Delivery]) -> None:
-    """The request pool for ``bench/wrk/ingest.lua``: ``<signature> <length>\\n<body>\\n``."""
+    """The request pool for ``bench/wrk/ingest.lua``:
+    ``<head length> <tail length>\n<head><tail>\n``."""
     with path.open("wb") as handle:
         for d in deliveries:
-            handle.write(f"{d.signature} {len(d.body)}\n".encode())
-            handle.write(d.body)
-            handle.write(b"\n")
+            handle.write(f"{len(d.head)} {len(d.tail)}\n".encode())
+            handle.write(d.head + d.tail + b"\n")
 
 
 # -- fakes ---------------------------------------------------------------------------------
@@ -336,6 +363,7 @@ class Bridge:
     settings: BridgeSettings
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    code_root: Path = REPO  # the checkout whose ``service`` package runs
 
     @property
     def config_path(self) -> Path:
@@ -359,7 +387,7 @@ class Bridge:
             "CODER_BRIDGE_KEY": ENCRYPTION_KEY,
             "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,
             "GITHUB_TOKEN": DEFAULT_TOKEN,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(self.code_root),
         })
         return env
 
@@ -547,7 +575,7 @@ def run_wrk(cleanup: Cleanup, workdir: Path, port: int, pool_path: Path, *, pref
     """Run ``bench/wrk/ingest.lua`` against ``port`` for ``duration`` seconds."""
     ids_path = workdir / f"ok-ids-{prefix}.txt"
     env = dict(os.environ, BENCH_REQUESTS=str(pool_path), BENCH_PREFIX=prefix,
-               BENCH_IDS_OUT=str(ids_path))
+               BENCH_IDS_OUT=str(ids_path), BENCH_SECRET=GITHUB_SECRET)
     seconds = max(1, round(duration))
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                "-s", str(BENCH / "wrk" / "ingest.lua"), f"http://127.0.0.1:{port}{WEBHOOK_PATH}"]
@@ -611,10 +639,10 @@ class _Conn:
         self.reader = self.writer = None
 
 
-def request_head(port: int, delivery: Delivery, delivery_id: str) -> bytes:
-    headers = github_headers(delivery, delivery_id)
+def request_head(port: int, body: bytes, delivery_id: str, signature: str) -> bytes:
+    headers = github_headers(delivery_id, signature)
     lines = [f"POST {WEBHOOK_PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}",
-             f"Content-Length: {len(delivery.body)}"]
+             f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -649,10 +677,11 @@ async def python_load(port: int, pool: Sequence[Delivery], *, prefix: str, conne
                     first = False
                     if on_first_send is not None:
                         on_first_send()
+                body, signature = delivery.signed(delivery_id)
                 sent = time.perf_counter()
                 try:
-                    status, _ = await conn.request(request_head(port, delivery, delivery_id),
-                                                   delivery.body)
+                    status, _ = await conn.request(
+                        request_head(port, body, delivery_id, signature), body)
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     counts["errors"] += 1
                     conn.close()
@@ -689,8 +718,8 @@ def run_async(coro: Any) -> Any:
 def post_delivery(conn: http.client.HTTPConnection, delivery: Delivery,
                   delivery_id: str) -> int:
     """POST one delivery on a keep-alive ``http.client`` connection; the status."""
-    conn.request("POST", WEBHOOK_PATH, body=delivery.body,
-                 headers=github_headers(delivery, delivery_id))
+    body, signature = delivery.signed(delivery_id)
+    conn.request("POST", WEBHOOK_PATH, body=body, headers=github_headers(delivery_id, signature))
     response = conn.getresponse()
     response.read()
     return response.status

@@ -12,8 +12,11 @@ connections for ``--duration`` seconds after a warm-up. Load comes from wrk (wit
 The bare app and ``--role web`` are measured in alternating rounds (``--rounds``,
 both processes started once): on a shared VM the machine's speed drifts by tens of
 percent within a minute, and alternating keeps the drift from landing on one side
-of the ratio. ``--role all`` is measured once afterwards (its worker keeps draining
-jobs after a round, which would disturb the next round's bare measurement).
+of the ratio. With ``--baseline REF`` another version of the bridge (a git ref,
+checked out in a temporary worktree) joins the alternation as a third target, so
+that a change is measured before and after in one run. ``--role all`` is measured
+once afterwards (its worker keeps draining jobs after a round, which would disturb
+the next round's bare measurement).
 
 Prints, per round, requests/s, p50/p99 latency and non-2xx answers of each and the
 ratio service/bare; then the totals over all rounds (requests over time; the
@@ -21,7 +24,7 @@ latencies of the middle round), the median ratio, the service's RSS when idle an
 after the load, and whether every delivery answered 200 is in the database.
 
     .venv/bin/python bench/ingest.py [--duration 10] [--rounds 5] [--connections 32]
-                                     [--role both] [--json]
+                                     [--role both] [--baseline REF] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -47,6 +51,7 @@ from common import (
     Cleanup,
     Delivery,
     LoadResult,
+    checkout,
     cpu_seconds,
     labeled_deliveries,
     log,
@@ -87,6 +92,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=1,
                         help="wrk threads (default 1: the machine has 2 cores)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare app")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure this git ref's --role web, in the same rounds")
     parser.add_argument("--profile", metavar="DIR",
                         help="also run py-spy on the service during each measured run and "
                              "write DIR/ingest-<role>.collapsed (figures are then perturbed)")
@@ -173,9 +180,12 @@ class Target:
                 "cpu_percent": cpu, "_ok_ids": total.ok_ids}
 
 
-def start_bridge(cleanup: Cleanup, fakes: Any, role: str) -> Bridge:
+def start_bridge(cleanup: Cleanup, fakes: Any, role: str, code_root: Path | None = None
+                 ) -> Bridge:
     bridge = Bridge(temp_dir(cleanup, f"bench-svc-{role}-"),
                     BridgeSettings(fakes.coder_url, fakes.github_url))
+    if code_root is not None:
+        bridge.code_root = code_root
     bridge.start(cleanup, role=role)
     return bridge
 
@@ -204,9 +214,15 @@ def print_round(number: int, targets: list[Target]) -> None:
     figures = {t.name: t.rounds[-1][0].rps for t in targets}
     text = ", ".join(f"{t.name} {t.rounds[-1][0].rps:.0f} req/s "
                      f"(steal {t.rounds[-1][0].steal_percent:g} %)" for t in targets)
-    if figures.get("bare") and "service --role web" in figures:
-        text += f"; ratio {figures['service --role web'] / figures['bare']:.2f}"
+    if figures.get("bare"):
+        text += "".join(f"; {name} ratio {rps / figures['bare']:.2f}"
+                        for name, rps in figures.items() if name != "bare")
     log(f"  round {number}: {text}")
+
+
+def slug(name: str) -> str:
+    """A target's name as part of a file name."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def job_counts(db_path: Path) -> dict[str, int]:
@@ -250,6 +266,15 @@ def main() -> int:
                     assert bare.process is not None
                     alternating.append(Target("bare", bare.process.pid, bare.port,
                                               runner.prepare(bare.port, bare.process.pid)))
+                if args.baseline:
+                    name = f"baseline {args.baseline} --role web"
+                    log(f"{name}:")
+                    bridge = start_bridge(cleanup, fakes, "web",
+                                          code_root=checkout(cleanup, args.baseline))
+                    assert bridge.process is not None
+                    bridges[name] = bridge
+                    alternating.append(Target(name, bridge.process.pid, bridge.port,
+                                              runner.prepare(bridge.port, bridge.process.pid)))
                 if "web" in roles:
                     log("service --role web:")
                     bridge = start_bridge(cleanup, fakes, "web")
@@ -261,7 +286,7 @@ def main() -> int:
                 for number in range(1, args.rounds + 1):
                     for target in alternating:
                         log(f"round {number}/{args.rounds}, {target.name}:")
-                        profile = (profile_dir / f"ingest-{target.name.split()[-1]}.collapsed"
+                        profile = (profile_dir / f"ingest-{slug(target.name)}.collapsed"
                                    if profile_dir is not None and number == 1
                                    and target.name != "bare" else None)
                         target.rounds.append(runner.measure(
@@ -290,7 +315,7 @@ def main() -> int:
                         check_stored(row, bridge_of)
                     if profile_dir is not None and target.name != "bare":
                         row["profile"] = summarize_profile(
-                            profile_dir / f"ingest-{target.name.split()[-1]}.collapsed")
+                            profile_dir / f"ingest-{slug(target.name)}.collapsed")
                     rows.append(row)
         except KeyboardInterrupt:
             log("interrupted: stopping everything")
@@ -318,12 +343,13 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     print(f"ingest: {args.connections} connections, {args.rounds} alternating round(s) of "
           f"{args.duration:g} s after {args.warmup:g} s warm-up, {args.body_bytes}-byte signed "
           f"labeled deliveries, {args.pool} issues; load generator: {generator}")
-    print(f"{'target':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    width = max(22, *(len(r["target"]) + 2 for r in rows))
+    print(f"{'target':<{width}}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
           f"{'non-2xx':>9}{'sockerr':>9}{'ratio':>8}{'RSS idle':>10}{'RSS after':>11}"
           f"{'CPU':>8}")
     for r in rows:
         ratio = f"{r['ratio_to_bare']:.2f}" if "ratio_to_bare" in r else "-"
-        print(f"{r['target']:<22}{r['requests_per_s']:>10.0f}{r['p50_ms']:>9.2f}"
+        print(f"{r['target']:<{width}}{r['requests_per_s']:>10.0f}{r['p50_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.1f}{r['non2xx']:>9}{r['socket_errors']:>9}"
               f"{ratio:>8}{r['rss_idle_kib'] / 1024:>8.1f}MB{r['rss_after_kib'] / 1024:>9.1f}MB"
               f"{r['cpu_percent']:>7.0f}%")

@@ -19,27 +19,26 @@ from typing import Literal
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from service.coder.detect import ApiDetector, backend_factory
-from service.config import Config, InvalidConfig
+from service.config import Config
 from service.core.events import Decision
-from service.errors import ConfigError
+from service.errors import ConfigError, InvalidConfig
 from service.http import build_http_client
 from service.logging import get_logger
 from service.store import open_store
 from service.store.base import Store
-from service.store.vault import Vault
 from service.trackers.base import IssueCommenter
+from service.trackers.github import webhook as github_webhook
 from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
 from service.trackers.github.app_auth import AppAuth
 from service.trackers.github.ratelimit import ContentRateLimiter
-from service.trackers.github.webhook import parse_github_delivery
+from service.trackers.linear import webhook as linear_webhook
 from service.trackers.linear.api import LinearClient
-from service.trackers.linear.webhook import parse_linear_delivery
+from service.vault import Vault
 from service.web.health import MetricsEndpoint, Readiness, healthz
-from service.web.ingest import DeliveryCommitter, committer_for
-from service.web.webhooks import Parser, WebhookEndpoint, WebhookRouter
+from service.web.ingest import GroupCommitter
+from service.web.webhooks import Intake, WebhookEndpoint
 from service.worker.delegator import Delegator
 from service.worker.loop import Worker
 
@@ -102,30 +101,32 @@ def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, Issue
     return commenters
 
 
-def build_parsers(
+def build_intakes(
     config: Config, clock: Callable[[], float] = time.time
-) -> dict[str, Parser | None]:
-    """The webhook parser of each tracker; None where the tracker is not configured (→ 404)."""
-    parsers: dict[str, Parser | None] = {"github": None, "linear": None}
+) -> dict[str, Intake | None]:
+    """How each tracker's deliveries are checked and read; None where the tracker is not
+    configured (its deliveries are answered 404)."""
+    intakes: dict[str, Intake | None] = {"github": None, "linear": None}
     if config.github is not None:
         github = config.github
-        secrets = [s.reveal() for s in github.webhook_secrets]
+        github_secrets = [s.reveal() for s in github.webhook_secrets]
 
         def parse_github(headers: Mapping[str, str], body: bytes) -> Decision:
-            return parse_github_delivery(headers, body, secrets=secrets,
-                                         trigger_label=github.trigger_label)
+            return github_webhook.parse_github_delivery(
+                headers, body, secrets=github_secrets, trigger_label=github.trigger_label)
 
-        parsers["github"] = parse_github
+        intakes["github"] = Intake(github_webhook.signature_header, parse_github)
     if config.linear is not None:
         linear = config.linear
         linear_secrets = [s.reveal() for s in linear.webhook_secrets]
 
         def parse_linear(headers: Mapping[str, str], body: bytes) -> Decision:
-            return parse_linear_delivery(headers, body, secrets=linear_secrets,
-                                         trigger_label=linear.trigger_label, now=clock())
+            return linear_webhook.parse_linear_delivery(
+                headers, body, secrets=linear_secrets, trigger_label=linear.trigger_label,
+                now=clock())
 
-        parsers["linear"] = parse_linear
-    return parsers
+        intakes["linear"] = Intake(linear_webhook.signature_header, parse_linear)
+    return intakes
 
 
 def remote_services(config: Config) -> list[tuple[str, str]]:
@@ -147,9 +148,9 @@ class Services:
     vault: Vault
     http: httpx.AsyncClient
     role: Role = "all"
-    committer: DeliveryCommitter | None = None
+    committer: GroupCommitter | None = None
     worker: Worker | None = None
-    parsers: dict[str, Parser | None] = field(default_factory=dict)
+    intakes: dict[str, Intake | None] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
 
     async def start(self) -> None:
@@ -157,16 +158,21 @@ class Services:
         if self.committer is not None:
             await self.committer.start()
         if self.worker is not None:
-            self.worker.start()
+            await self.worker.start()
 
     async def close(self) -> None:
-        """Stop accepting, commit what was submitted, drain the worker, close connections."""
-        if self.committer is not None:
-            await self.committer.stop()
-        if self.worker is not None:
-            await self.worker.stop(SHUTDOWN_GRACE_SECONDS)
-        await self.http.aclose()
-        await self.store.close()
+        """Stop accepting, commit what was submitted, drain the worker, close connections.
+
+        Safe after a start that failed half-way: whatever was opened is closed.
+        """
+        try:
+            if self.committer is not None:
+                await self.committer.stop()
+            if self.worker is not None:
+                await self.worker.stop(SHUTDOWN_GRACE_SECONDS)
+        finally:
+            await self.http.aclose()
+            await self.store.close()
 
 
 async def build_services(
@@ -174,17 +180,33 @@ async def build_services(
     commenters: dict[str, IssueCommenter] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
-    """Open the store (migrating unless told not to) and wire the web and worker halves."""
+    """Open the store (migrating unless told not to) and wire the web and worker halves.
+
+    Whatever was opened is closed again if a later step fails.
+    """
     store = await open_store(config.storage.url)
-    if migrate:
-        await store.migrate()
-    vault = load_vault(config)
-    http = build_http_client(remote_services(config), timeout=config.coder.timeout)
-    services = Services(config=config, store=store, vault=vault, http=http, role=role,
-                        clock=clock)
+    http: httpx.AsyncClient | None = None
+    try:
+        if migrate:
+            await store.migrate()
+        vault = load_vault(config)
+        http = build_http_client(remote_services(config), timeout=config.coder.timeout)
+        return _wire(Services(config=config, store=store, vault=vault, http=http, role=role,
+                              clock=clock), commenters)
+    except BaseException:
+        if http is not None:
+            await http.aclose()
+        await store.close()
+        raise
+
+
+def _wire(services: Services, commenters: dict[str, IssueCommenter] | None) -> Services:
+    """Give ``services`` the worker and web halves its role asks for."""
+    config, store, clock, http, role = (services.config, services.store, services.clock,
+                                        services.http, services.role)
     if role in ("all", "worker"):
         delegator = Delegator(
-            config=config, store=store, vault=vault,
+            config=config, store=store, vault=services.vault,
             coder_backend=backend_factory(config.coder, http, ApiDetector()),
             commenters=commenters if commenters is not None else build_commenters(config, http),
             clock=clock,
@@ -193,26 +215,20 @@ async def build_services(
                                  clock=clock)
     if role in ("all", "web"):
         on_commit = services.worker.wake if services.worker is not None else None
-        services.committer = committer_for(store, on_commit=on_commit)
-        services.parsers = build_parsers(config, clock)
+        services.committer = GroupCommitter(store, on_commit=on_commit)
+        services.intakes = build_intakes(config, clock)
     return services
 
 
-def create_app(services: Services) -> ASGIApp:
-    """The ASGI app: webhooks (web role), health, readiness and metrics (every role).
-
-    Webhook deliveries go straight to their endpoints (``WebhookRouter``); the
-    rest, lifespan included, is a Starlette app.
-    """
+def create_app(services: Services) -> Starlette:
+    """The ASGI app: webhooks (web role), health, readiness and metrics (every role)."""
     config = services.config
     worker = services.worker
-    committer = services.committer
     readiness = Readiness(
         store=services.store,
         worker_heartbeat=(lambda: worker.heartbeat) if worker is not None else None,
         heartbeat_max_age=max(30.0, 5 * config.worker.poll_interval),
         clock=services.clock,
-        ingest_running=(lambda: committer.running) if committer is not None else None,
     )
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -220,21 +236,20 @@ def create_app(services: Services) -> ASGIApp:
         Route("/metrics", MetricsEndpoint(services.store, services.clock).handle,
               methods=["GET"]),
     ]
-    endpoints: dict[str, WebhookEndpoint] = {}
     if services.committer is not None:
-        for tracker in ("github", "linear"):
-            endpoints[tracker] = WebhookEndpoint(
-                tracker, services.parsers.get(tracker), services.committer,
-                max_body_bytes=config.server.max_body_bytes, clock=services.clock)
+        webhooks = WebhookEndpoint(services.intakes, services.committer,
+                                   max_body_bytes=config.server.max_body_bytes,
+                                   clock=services.clock)
+        routes.append(Route("/webhooks/{tracker}", webhooks.handle, methods=["POST"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await services.start()
-        log.info("bridge_started", role=services.role)
         try:
+            await services.start()
+            log.info("bridge_started", role=services.role)
             yield
         finally:
             await services.close()
             log.info("bridge_stopped")
 
-    return WebhookRouter(endpoints, Starlette(routes=routes, lifespan=lifespan))
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -23,12 +23,13 @@ import uvicorn
 
 from service.coder.client import CoderClient
 from service.coder.detect import describe
-from service.config import Config, InvalidConfig, load_config, resolve_config_path
-from service.errors import BridgeError, RemoteError, TokenRejected, UserError
+from service.config import Config, load_config, resolve_config_path
+from service.errors import BridgeError, InvalidConfig, RemoteError, TokenRejected, UserError
 from service.logging import configure_logging, get_logger
 from service.store import open_store
 from service.store.base import Identity, Store
-from service.store.vault import Vault, rotate
+from service.vault import Vault, rotate
+from service.web.connections import guarded_protocol
 
 if TYPE_CHECKING:  # service.app is imported lazily: most commands need little of it
     from service.app import Role
@@ -182,14 +183,13 @@ def _serve(config: Config, *, role: Role, migrate: bool) -> int:
         services = await build_services(config, role=role, migrate=migrate)
         app = create_app(services)
         _tune_gc()
-        # access_log=False: the webhook outcome lines take the access log's place, and
-        # uvicorn would otherwise format each access line's arguments before finding
-        # its level disabled.
+        # access_log=False: the webhook outcome lines take the access log's place.
         server_config = uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None,
             access_log=False, proxy_headers=True, server_header=False,
-            timeout_graceful_shutdown=30)
-        await _GracefulServer(server_config).serve()
+            timeout_graceful_shutdown=30, http=guarded_protocol())
+        _after_shutdown_ignore(signal.SIGTERM, signal.SIGINT)
+        await uvicorn.Server(server_config).serve()
 
     try:
         import uvloop
@@ -200,35 +200,30 @@ def _serve(config: Config, *, role: Role, migrate: bool) -> int:
     return 0
 
 
+def _after_shutdown_ignore(*signals: signal.Signals) -> None:
+    """Make ``signals`` do nothing once uvicorn has shut down gracefully.
+
+    uvicorn handles SIGTERM and SIGINT while it serves; when it has stopped it puts
+    back the handlers it found and raises the signal again, so that the process
+    ends as the signal would end it ("killed by SIGTERM"). The interface promises
+    exit status 0 after a graceful stop instead, so the handlers it finds are these.
+    """
+    for number in signals:
+        signal.signal(number, lambda *_: None)
+
+
 def _tune_gc() -> None:
     """Keep the cyclic garbage collector off the request path.
 
     Every delivery decodes a 14 KB payload into hundreds of short-lived objects, so
     with the default thresholds a collection ran every request or two and scanned
-    the whole heap now and then (a third of a delivery's parsing time, and the
-    p99 stalls). Objects that live for the whole process are frozen out of the
-    scans, and young collections wait for more allocations. Our code makes few
-    reference cycles, so memory stays flat (measured in bench/ingest.py).
+    the whole heap now and then. Objects that live for the whole process are frozen
+    out of the scans, and young collections wait for more allocations. Our code
+    makes few reference cycles, so memory stays flat (see bench/README.md).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-
-
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful shutdown.
-
-    uvicorn re-raises the captured signal once it has shut down, so the process
-    would die "killed by SIGTERM"; the interface promises exit status 0 instead.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
 
 
 # -- check-config --------------------------------------------------------------------

@@ -10,9 +10,8 @@ repr or a log line never shows them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -21,23 +20,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
-from service.errors import BridgeError, ConfigError
+from service.errors import ConfigError, InvalidConfig, VaultError
+from service.vault import parse_key
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
 
 DEFAULT_TRIGGER_LABEL = "delegate-to-agent"
-DEFAULT_DATA_DIR = Path("data")
 ACTING_USER_CHOICES = ("author", "labeler")
 CODER_API_CHOICES = ("auto", "tasks", "chats")
-
-
-class InvalidConfig(BridgeError):
-    """The configuration has one or more problems; ``problems`` lists them all."""
-
-    def __init__(self, problems: list[ConfigError]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 class Secret:
@@ -319,12 +310,10 @@ class _Reader:
                           "make one with: python -c \"import os,base64;"
                           "print(base64.b64encode(os.urandom(32)).decode())\")")
         for index, text in enumerate(texts):
-            key = _decode_key(text.reveal())
-            if key is None:
-                self._problem(f"security.encryption_keys[{index}]",
-                              "must be standard base64 of exactly 32 bytes")
-            else:
-                keys.append(key)
+            try:
+                keys.append(parse_key(text.reveal()))
+            except VaultError as exc:
+                self._problem(f"security.encryption_keys[{index}]", str(exc))
         admin = self._str(raw, "security.admin_token", "", secret=True)
         return SecurityConfig(tuple(keys), Secret(admin) if admin else None)
 
@@ -396,7 +385,7 @@ class _Reader:
 
     def delegation(self, raw: dict[str, Any]) -> DelegationConfig:
         self._reject_unknown("delegation", raw, ("acting_user",))
-        choices = [s.reveal() for s in self._str_list(raw, "delegation.acting_user", ["author"])]
+        choices = self._plain_list(raw, "delegation.acting_user", ["author"])
         if not choices:
             self._problem("delegation.acting_user", "must name at least one of author, labeler")
         for choice in choices:
@@ -498,6 +487,10 @@ class _Reader:
             return default
         return resolved
 
+    def _plain_list(self, raw: dict[str, Any], key: str, default: list[str]) -> list[str]:
+        """A string or array of strings that is not secret (``env:``/``file:`` resolved)."""
+        return [item.reveal() for item in self._str_list(raw, key, default)]
+
     def _str_list(self, raw: dict[str, Any], key: str, default: list[str]) -> list[Secret]:
         name = key.rsplit(".", 1)[-1]
         value = raw.get(name, default)
@@ -542,8 +535,16 @@ class _Reader:
                minimum: float | None = None) -> float:
         name = key.rsplit(".", 1)[-1]
         value = raw.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self._problem(key, f"must be a number of seconds, not {type(value).__name__}")
+        if isinstance(value, str):
+            try:
+                value = float(self._resolve(key, value))
+            except _Missing:
+                return default
+            except ValueError:
+                value = None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            self._problem(key, "must be a number of seconds")
             return default
         return self._bounded(key, float(value), default, minimum, None)
 
@@ -565,10 +566,3 @@ class _Reader:
             return default
         return value
 
-
-def _decode_key(text: str) -> bytes | None:
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return key if len(key) == 32 else None

@@ -4,13 +4,17 @@ Layers switch on the class, never on the message text::
 
     BridgeError
     ├── ConfigError            a configuration value is missing or wrong (names the key)
+    ├── InvalidConfig          the configuration has problems: every ConfigError at once
     ├── UserError              a CLI user asked for something impossible (exit status 1)
     ├── WebhookError           an inbound delivery is unacceptable; carries the HTTP status
     │   ├── SignatureError     401: missing or wrong signature, stale timestamp
     │   ├── MalformedPayload   400: not JSON, or JSON without the fields we need
-    │   └── PayloadTooLarge    413: body over ``server.max_body_bytes``
+    │   ├── BodyTimeout        408: the body did not arrive in time
+    │   ├── PayloadTooLarge    413: body over ``server.max_body_bytes``
+    │   └── ServerBusy         503: too many bodies being received at once
     ├── VaultError             a stored token cannot be encrypted or decrypted
     ├── StoreError             the database failed or holds something unexpected
+    ├── PacingDeferred         our own pacing of GitHub's content limits has no room yet
     └── RemoteError            a call to Coder, GitHub or Linear failed
         ├── TransientError     worth retrying: timeouts, connection errors, 5xx, 429
         │   └── RateLimited    the remote asked us to slow down (``retry_after`` set when known)
@@ -40,6 +44,14 @@ class ConfigError(BridgeError):
         self.problem = message
 
 
+class InvalidConfig(BridgeError):
+    """The configuration has one or more problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
 class UserError(BridgeError):
     """A CLI request that cannot be done; the message is shown as is, exit status 1."""
 
@@ -65,11 +77,25 @@ class MalformedPayload(WebhookError):
     reason = "malformed"
 
 
+class BodyTimeout(WebhookError):
+    """The body did not arrive within the deadline (a slow or stalled client)."""
+
+    status = 408
+    reason = "timeout"
+
+
 class PayloadTooLarge(WebhookError):
     """The body exceeds ``server.max_body_bytes``."""
 
     status = 413
     reason = "too_large"
+
+
+class ServerBusy(WebhookError):
+    """The bodies being received at once would hold more memory than their budget."""
+
+    status = 503
+    reason = "busy"
 
 
 class VaultError(BridgeError):
@@ -114,7 +140,7 @@ class RateLimited(TransientError):
     """The remote asked us to slow down; ``retry_after`` is seconds to wait, if known."""
 
 
-class PacingDeferred(Exception):
+class PacingDeferred(BridgeError):
     """Our own pacing of a remote (GitHub's content limits) has no room for ``seconds``.
 
     Not a remote failure: the job that met it is run again then, and the attempt is

@@ -62,9 +62,11 @@ TOKENS_INVALID = Counter(
     "Stored Coder tokens found invalid (Coder answered 401).",
     registry=REGISTRY,
 )
-INGEST_WRITER_EXITS = Counter(
-    "coder_bridge_ingest_writer_exits_total",
-    "Times the SQLite ingest writer process stopped unexpectedly (a new one is started).",
+CONNECTIONS_CLOSED = Counter(
+    "coder_bridge_connections_closed_total",
+    "Connections closed by the bridge before a request: headers too slow (header_timeout), "
+    "room made for a new connection (evicted), or refused at the limit (limit).",
+    ["reason"],
     registry=REGISTRY,
 )
 WORKER_HEARTBEAT = Gauge(

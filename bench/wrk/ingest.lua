@@ -1,11 +1,34 @@
--- wrk script of bench/ingest.py: signed GitHub deliveries with a unique delivery id each.
+-- wrk script of bench/ingest.py: signed GitHub deliveries, each with its own delivery id
+-- and its own body (the id is written into the body, which is then signed here with
+-- OpenSSL's HMAC through LuaJIT's FFI): the bridge takes the same signed bytes under a
+-- new id for a replay, so every request must differ.
 --
 -- Environment:
 --   BENCH_REQUESTS  the request pool written by bench/common.py write_pool():
---                   records "<X-Hub-Signature-256> <length>\n<body>\n"
+--                   records "<head length> <tail length>\n<head><tail>\n"; a body is
+--                   head .. delivery id .. tail
 --   BENCH_PREFIX    delivery id prefix (ids are "<prefix>-<thread>-<counter>")
+--   BENCH_SECRET    the webhook secret to sign with
 --   BENCH_IDS_OUT   file that receives the delivery ids answered 200 (one a line)
 -- done() prints one line "BENCHJSON {...}" with the totals and latency percentiles (us).
+
+local ffi = require("ffi")
+ffi.cdef[[
+const void *EVP_sha256(void);
+unsigned char *HMAC(const void *evp_md, const void *key, int key_len,
+                    const unsigned char *d, size_t n, unsigned char *md, unsigned int *md_len);
+]]
+local ok, crypto = pcall(ffi.load, "crypto")
+if not ok then crypto = ffi.load("libcrypto.so.3") end
+local digest = ffi.new("unsigned char[32]")
+local digest_length = ffi.new("unsigned int[1]")
+local hex = {}
+
+local function signature(secret, body)
+   crypto.HMAC(crypto.EVP_sha256(), secret, #secret, body, #body, digest, digest_length)
+   for i = 0, 31 do hex[i + 1] = string.format("%02x", digest[i]) end
+   return "sha256=" .. table.concat(hex)
+end
 
 local threads = {}
 
@@ -16,15 +39,17 @@ end
 
 function init(args)
    prefix = os.getenv("BENCH_PREFIX") or "run"
+   secret = assert(os.getenv("BENCH_SECRET"), "BENCH_SECRET is not set")
    local f = assert(io.open(os.getenv("BENCH_REQUESTS"), "rb"))
    pool = {}
    while true do
       local line = f:read("*l")
       if not line then break end
-      local sig, len = line:match("^(%S+) (%d+)$")
-      local body = f:read(tonumber(len))
+      local head_length, tail_length = line:match("^(%d+) (%d+)$")
+      local head = f:read(tonumber(head_length))
+      local tail = f:read(tonumber(tail_length))
       f:read(1) -- the record's trailing newline
-      pool[#pool + 1] = { sig = sig, body = body }
+      pool[#pool + 1] = { head = head, tail = tail }
    end
    f:close()
    headers = {
@@ -44,9 +69,11 @@ function request()
    counter = counter + 1
    index = index % #pool + 1
    local entry = pool[index]
-   headers["X-GitHub-Delivery"] = string.format("%s-%d-%d", prefix, tid, counter)
-   headers["X-Hub-Signature-256"] = entry.sig
-   return wrk.format("POST", nil, headers, entry.body)
+   local id = string.format("%s-%d-%d", prefix, tid, counter)
+   local body = entry.head .. id .. entry.tail
+   headers["X-GitHub-Delivery"] = id
+   headers["X-Hub-Signature-256"] = signature(secret, body)
+   return wrk.format("POST", nil, headers, body)
 end
 
 function response(status, hdrs, body)

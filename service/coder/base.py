@@ -9,7 +9,11 @@ task or chat, never a second one (invariant I1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
+
+from service.core.work import CreatedWork
+
+__all__ = ["CoderBackend", "CoderUser", "CreatedWork", "WorkSpec"]
 
 
 @dataclass(frozen=True)
@@ -30,17 +34,6 @@ class WorkSpec:
     template: str
     preset: str
     organization: str
-
-
-@dataclass(frozen=True)
-class CreatedWork:
-    """A task or chat that exists on the Coder server; ``url`` is the link for people."""
-
-    kind: Literal["task", "chat"]
-    id: str
-    url: str
-    owner_name: str
-    status: str
 
 
 @dataclass(frozen=True)

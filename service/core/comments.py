@@ -3,18 +3,39 @@
 Every body ends with a hidden marker naming the delegation, so the comment is
 found again and edited in place, never duplicated. Nothing here ever receives
 a token: error texts come from ``RemoteError.message``, which is written to be
-shown to people.
+shown to people. Names that come from outside (a Linear display name, a Coder
+username) are shown as inert code, so they cannot inject a link, a mention or
+markup into a comment everyone on the issue reads.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from service.coder.base import CreatedWork
-from service.core.events import IssueEvent
+from service.core.events import IssueEvent, Person
+from service.core.work import CreatedWork
 
 MARKER_PREFIX = "<!-- coder-bridge:delegation="
 MAX_REASON_CHARS = 1500
+MAX_NAME_CHARS = 80
+# GitHub logins: alphanumerics and single hyphens (bots end in "[bot]"): no markup.
+_GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})(?:\[bot\])?")
+
+
+def inert(text: str) -> str:
+    """``text`` as a one-line code span: rendered as typed, never as a link, a mention
+    or markup."""
+    flat = " ".join(text.replace("`", "'").split())[:MAX_NAME_CHARS]
+    return f"`{flat}`" if flat else "`?`"
+
+
+def person_name(tracker: str, person: Person) -> str:
+    """How a comment names a person: a GitHub login as an @-mention (logins cannot
+    carry markup), anything else (a Linear display name, an id) as inert text."""
+    if tracker == "github" and _GITHUB_LOGIN.fullmatch(person.login):
+        return f"@{person.login}"
+    return inert(person.login or f"user {person.id}")
 
 
 def render_marker(delegation_key: str) -> str:
@@ -53,16 +74,19 @@ def render_task_comment(
             if existing else "An AI coding agent is working on this issue")
     text = f"🤖 {lead}: **[open the {what}]({work.url})**"
     if work.owner_name:
-        text += f"\n\nIt runs as Coder user `{work.owner_name}`."
+        text += f"\n\nIt runs as Coder user {inert(work.owner_name)}."
     return _with_marker(text, delegation_key)
 
 
 def render_needs_link_comment(
-    event: IssueEvent, *, delegation_key: str, person_login: str, person_id: str, help: LinkHelp
+    event: IssueEvent, *, delegation_key: str, person: Person | None, help: LinkHelp
 ) -> str:
-    """Nobody who may run the task has linked a Coder account."""
+    """Nobody who may run the task has linked a Coder account; ``person`` is the first
+    who may (None: nobody is known)."""
+    who = person_name(event.tracker, person) if person else "the issue's author"
+    person_id = person.id if person else "<id>"
     text = (
-        f"⚠️ coder-bridge could not start an agent: {person_login} has not linked a Coder "
+        f"⚠️ coder-bridge could not start an agent: {who} has not linked a Coder "
         "account yet.\n\n"
         "To link one:\n"
         f"1. Create a Coder API token at {help.coder_url}/settings/tokens "
@@ -76,14 +100,14 @@ def render_needs_link_comment(
 
 
 def render_token_rejected_comment(
-    event: IssueEvent, *, delegation_key: str, person_login: str, person_id: str, help: LinkHelp
+    event: IssueEvent, *, delegation_key: str, person: Person, help: LinkHelp
 ) -> str:
-    """Coder rejected the stored token (401): it must be linked again."""
+    """Coder rejected the token stored for ``person`` (401): it must be linked again."""
     text = (
         f"⚠️ coder-bridge could not start an agent: Coder rejected the token linked for "
-        f"{person_login} (it has expired or was revoked).\n\n"
+        f"{person_name(event.tracker, person)} (it has expired or was revoked).\n\n"
         f"Create a new token at {help.coder_url}/settings/tokens and ask a coder-bridge "
-        f"administrator to re-link it:\n`{_link_command(event, person_id)}`\n\n"
+        f"administrator to re-link it:\n`{_link_command(event, person.id)}`\n\n"
         "Then remove and re-add the label to try again.\n\n"
         f"coder-bridge: {help.public_url}"
     )

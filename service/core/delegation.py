@@ -5,15 +5,23 @@ issue whose current delegation already has a task either continues that
 delegation (same delivery, or the task's comment is still to be posted) or asks
 the shell to check whether the task is still active (``CheckActive``); only an
 ended task lets a new generation start.
+
+An issue created with the trigger label sends two triggers, ``opened`` and one
+``labeled`` per label, in no fixed order: they are one request (``SameRequest``),
+so whichever comes second changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 from service.core.events import IssueEvent, Person
-from service.store.base import Delegation
+from service.core.work import Delegation
+
+#: A label added this soon after the issue was created was chosen at its creation.
+CREATION_WINDOW_SECONDS = 10.0
 
 
 def delegation_key(issue_key: str, generation: int) -> str:
@@ -52,13 +60,43 @@ class CheckActive:
     delegation: Delegation
 
 
-Plan = StartNew | Continue | CheckActive
+@dataclass(frozen=True)
+class SameRequest:
+    """The delivery is another trigger of the request the issue's delegation already
+    answers (the issue's creation): nothing to do."""
+
+    delegation: Delegation
 
 
-def plan_delegation(current: Delegation | None, *, delivery_id: str) -> Plan:
-    """Decide which delegation a triggering delivery works on."""
+Plan = StartNew | Continue | CheckActive | SameRequest
+
+
+def part_of_creation(event: IssueEvent) -> bool:
+    """Whether the trigger is the issue's creation with the label: an ``opened``
+    (GitHub) or ``create`` (Linear) delivery, or a ``labeled`` one whose issue was
+    updated within ``CREATION_WINDOW_SECONDS`` of its creation."""
+    action = event.extra.get("action")
+    if action in ("opened", "create"):
+        return True
+    if action != "labeled":
+        return False
+    try:
+        created = datetime.fromisoformat(event.extra["created_at"])
+        updated = datetime.fromisoformat(event.extra["updated_at"])
+    except (KeyError, ValueError):
+        return False
+    return abs((updated - created).total_seconds()) <= CREATION_WINDOW_SECONDS
+
+
+def plan_delegation(
+    current: Delegation | None, *, delivery_id: str, at_creation: bool = False
+) -> Plan:
+    """Decide which delegation a triggering delivery works on; ``at_creation`` says the
+    delivery is ``part_of_creation``."""
     if current is None:
         return StartNew(1)
+    if at_creation and current.delivery_id != delivery_id:
+        return SameRequest(current)
     if current.task_id is None:
         # No task yet (in progress, waiting for a link, or failed before creating one):
         # reuse it, so the same comment is edited and the same task name is used.

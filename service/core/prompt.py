@@ -18,10 +18,15 @@ Form (documented in README.md, "What the agent is told")::
     When you are done, summarise what you changed and link any pull request.
 
 The whole prompt never exceeds ``MAX_PROMPT_BYTES`` (64 KiB, UTF-8); a longer
-description is clipped and the prompt says so and points to the issue.
+description is clipped and the prompt says so and points to the issue. The issue's
+text cannot close the framing early: a ``<issue-description>`` or
+``</issue-description>`` tag in it (in any case or spacing) has its ``<`` written
+as ``&lt;``.
 """
 
 from __future__ import annotations
+
+import re
 
 from service.core.events import IssueEvent
 
@@ -29,6 +34,12 @@ MAX_PROMPT_BYTES = 64 * 1024
 MAX_TITLE_CHARS = 300
 
 _TRACKER_NAMES = {"github": "GitHub", "linear": "Linear"}
+_FRAME_TAG = re.compile(r"<(?=\s*/?\s*issue-description)", re.IGNORECASE)
+
+
+def escape_framing(text: str) -> str:
+    """``text`` with every tag that looks like the prompt's framing made inert."""
+    return _FRAME_TAG.sub("&lt;", text)
 
 
 def issue_reference(event: IssueEvent) -> str:
@@ -41,7 +52,7 @@ def issue_reference(event: IssueEvent) -> str:
 def render_prompt(event: IssueEvent, *, requested_by: str, acting_as: str) -> str:
     """The prompt for ``event``; ``requested_by`` names who asked, ``acting_as`` how they relate."""
     tracker = _TRACKER_NAMES.get(event.tracker, event.tracker)
-    title = " ".join(event.title.split())[:MAX_TITLE_CHARS]
+    title = escape_framing(" ".join(event.title.split())[:MAX_TITLE_CHARS])
     scope_line = (f"Repository: {event.scope}" if event.tracker == "github"
                   else f"Team: {event.scope}")
     head = (
@@ -61,7 +72,7 @@ def render_prompt(event: IssueEvent, *, requested_by: str, acting_as: str) -> st
         "\n"
         "When you are done, summarise what you changed and link any pull request.\n"
     )
-    body = event.body.strip() or "(The issue has no description.)"
+    body = escape_framing(event.body.strip()) or "(The issue has no description.)"
     room = MAX_PROMPT_BYTES - len(head.encode()) - len(tail.encode())
     encoded = body.encode()
     if len(encoded) > room:

@@ -179,6 +179,7 @@ def delegation_from_row(row: _Row) -> Delegation:
         last_error=row[13],
         created_at=float(row[14]),
         updated_at=float(row[15]),
+        comment_sha256=row[16],
     )
 
 

@@ -2,8 +2,10 @@
 
 Tables (see ``migrations/``): ``accounts`` + ``identities`` (linked users and
 their encrypted Coder tokens), ``deliveries`` (one row per accepted delivery,
-unique per tracker and delivery id), ``jobs`` (the durable queue, with leases),
-``delegations`` (one row per issue and generation: what we did about it).
+unique per tracker and delivery id, and per tracker and body hash), ``jobs`` (the
+durable queue, with leases), ``workers`` (the processes that run jobs, with their
+heartbeat), ``delegations`` (one row per issue and generation: what we did about it;
+``service.core.work.Delegation``).
 
 Times are UNIX seconds as floats. Methods that decide on time take ``now`` from
 the caller, so tests control the clock.
@@ -17,42 +19,38 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from service.core.work import Delegation, DelegationState
+
+__all__ = [
+    "Account",
+    "Delegation",
+    "DelegationState",
+    "DeliveryRecord",
+    "Identity",
+    "Job",
+    "JobStatus",
+    "NewDelivery",
+    "Store",
+    "TokenStatus",
+]
+
 TokenStatus = Literal["valid", "invalid"]
 JobStatus = Literal["queued", "running", "done", "failed"]
-DelegationState = Literal[
-    "pending",       # being worked on; no task yet
-    "task_created",  # the task/chat exists; the comment may not be posted yet
-    "active",        # task exists and the issue carries its link: done, from our side
-    "needs_link",    # nobody linked; the issue says how to link
-    "failed",        # a permanent error; the issue says why
-    "gave_up",       # transient errors until worker.max_attempts; the issue says so
-]
 
 
 class NewDelivery(msgspec.Struct, frozen=True):
-    """A verified triggering delivery to store durably, its job queued.
+    """A verified delivery to store durably, its job queued.
 
-    A msgspec struct: one is built per delivery on the webhook path (5x cheaper than
-    a frozen dataclass)."""
+    ``body_sha256`` is the hex SHA-256 of the raw body: the same signed bytes under a
+    new delivery id are the same delivery (a replay, invariant I1).
+    """
 
     tracker: str
     delivery_id: str
     issue_key: str
     event_json: str
     received_at: float
-
-
-class BatchWriter(Protocol):
-    """A blocking ``Store.accept`` on a connection of its own (``SQLiteBatchWriter``,
-    in the ingest writer process)."""
-
-    def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """The contract of ``Store.accept``; raises ``StoreError``."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
+    body_sha256: str
 
 
 @dataclass(frozen=True)
@@ -92,33 +90,6 @@ class Account:
 
 
 @dataclass(frozen=True)
-class Delegation:
-    """What the bridge did about one trigger on one issue (one row per generation).
-
-    A new generation starts only when the issue is triggered again after its
-    previous task has ended (invariant I2). ``task_*`` are set once the task or
-    chat exists; ``comment_id`` once the comment is posted.
-    """
-
-    id: int
-    issue_key: str
-    generation: int
-    tracker: str
-    delivery_id: str
-    state: DelegationState
-    account_id: int | None
-    task_kind: str | None
-    task_id: str | None
-    task_name: str | None
-    task_url: str | None
-    comment_id: str | None
-    attempts: int
-    last_error: str | None
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
 class DeliveryRecord:
     """A stored delivery with its newest job and the issue's current delegation, for the CLI."""
 
@@ -155,13 +126,12 @@ class Store(Protocol):
 
     # -- ingest ---------------------------------------------------------------
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """Store each delivery, all in ONE committed transaction; from then on its job
-        is queued (created in the same transaction, or by the next ``claim``: either
-        way ``claim``, ``queue_stats`` and ``list_deliveries`` see it).
+        """Store each delivery and queue its job, all in ONE committed transaction.
 
         Returns, per input in order, True if it was new (stored, its job queued) or
-        False if (tracker, delivery_id) was already stored (a duplicate: nothing
-        written). Duplicates inside the same batch: the first wins. Durable on return.
+        False if it was already stored: the same (tracker, delivery_id), or the same
+        (tracker, body_sha256) under another id (a replay). Nothing is written for a
+        duplicate. Duplicates inside the same batch: the first wins. Durable on return.
         """
         ...
 
@@ -174,7 +144,8 @@ class Store(Protocol):
         Runnable: status ``queued`` with ``run_at <= now``, or ``running`` whose lease
         ended before ``now`` (its worker died). Never returns two jobs of one
         ``issue_key``, nor a job whose ``issue_key`` has another job under an
-        unexpired lease. Oldest ``run_at`` first. Increments ``attempts``.
+        unexpired lease; an issue's jobs run in arrival order (by id). Oldest
+        ``run_at`` first. Increments ``attempts``.
         """
         ...
 
@@ -211,6 +182,27 @@ class Store(Protocol):
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job (attempts 0) for a stored delivery whose job is not
         queued or running; False if unknown or already queued/running."""
+        ...
+
+    # -- workers --------------------------------------------------------------
+    async def register_worker(self, owner: str, *, now: float) -> int:
+        """Record ``owner`` as a live process that runs jobs (heartbeat ``now``).
+
+        Where one process serves a database (SQLite), this also takes back every job
+        another owner still holds: the process before this one is gone. Returns the
+        number of jobs taken back (queued again to run now).
+        """
+        ...
+
+    async def heartbeat(self, owner: str, *, now: float, stale_after: float) -> int:
+        """Record that ``owner`` is alive at ``now`` (registering it again if it was
+        dropped), then drop every worker whose heartbeat is older than
+        ``stale_after`` seconds and queue its running jobs again to run now. Returns
+        the number of jobs taken back."""
+        ...
+
+    async def unregister_worker(self, owner: str) -> None:
+        """Forget ``owner`` (it stopped cleanly, its jobs finished or released)."""
         ...
 
     # -- delegations ----------------------------------------------------------

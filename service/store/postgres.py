@@ -4,8 +4,11 @@
   pooled connection (READ COMMITTED). Commits are durable on return under the
   server's default ``synchronous_commit = on``.
 * ``accept`` is ONE statement: ``unnest`` of per-column arrays feeds an
-  ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` whose rows a second CTE turns
-  into jobs, so a batch is one round trip and one transaction.
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (either unique key: delivery id
+  or body hash) whose rows a second CTE turns into jobs, so a batch is one round
+  trip and one transaction.
+* Workers beat in ``workers``; a heartbeat takes back the running jobs of workers
+  that stopped beating, so a killed worker's jobs run again within seconds.
 * ``claim`` locks its candidates ``FOR UPDATE SKIP LOCKED``: concurrent workers
   never wait for nor take each other's jobs. Only the oldest live job of an issue
   is ever a candidate, so two workers cannot lease two jobs of one issue.
@@ -33,6 +36,7 @@ from service.store import (
     identity_from_row,
     job_from_row,
     load_migrations,
+    queries,
 )
 from service.store.base import (
     Account,
@@ -60,12 +64,16 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 
 _ACCEPT = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-        WITH ORDINALITY AS t (tracker, delivery_id, issue_key, event_json, received_at, ord)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+                         $6::text[])
+        WITH ORDINALITY AS t (tracker, delivery_id, issue_key, event_json, received_at,
+                              body_sha256, ord)
 ), stored AS (
-    INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at)
-    SELECT tracker, delivery_id, issue_key, event_json, received_at FROM input ORDER BY ord
-    ON CONFLICT (tracker, delivery_id) DO NOTHING
+    INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at,
+                            body_sha256)
+    SELECT tracker, delivery_id, issue_key, event_json, received_at, body_sha256
+    FROM input ORDER BY ord
+    ON CONFLICT DO NOTHING
     RETURNING id, tracker, delivery_id, issue_key, received_at
 ), enqueued AS (
     INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
@@ -120,145 +128,6 @@ WHERE jobs.id = chosen.id AND d.id = jobs.delivery_ref
 RETURNING jobs.id, d.tracker, d.delivery_id, jobs.issue_key, d.event_json,
     jobs.attempts, jobs.lease_owner, jobs.lease_until, jobs.run_at
 """
-
-# Job transitions change a job only while `owner` ($2) holds it (running, its lease).
-_RENEW_LEASE = """
-UPDATE jobs SET lease_until = $3, updated_at = $4
-WHERE id = $1 AND status = 'running' AND lease_owner = $2
-"""
-_FINISH_JOB = """
-UPDATE jobs SET status = 'done', updated_at = $3
-WHERE id = $1 AND status = 'running' AND lease_owner = $2
-"""
-_RETRY_JOB = """
-UPDATE jobs SET status = 'queued', run_at = $3, last_error = $4,
-    lease_owner = NULL, lease_until = NULL, updated_at = $5
-WHERE id = $1 AND status = 'running' AND lease_owner = $2
-"""
-_FAIL_JOB = """
-UPDATE jobs SET status = 'failed', last_error = $3, updated_at = $4
-WHERE id = $1 AND status = 'running' AND lease_owner = $2
-"""
-_RELEASE_JOB = """
-UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0),
-    run_at = coalesce($4::double precision, run_at), lease_owner = NULL, lease_until = NULL,
-    updated_at = $3
-WHERE id = $1 AND status = 'running' AND lease_owner = $2
-"""
-_QUEUE_STATS = """
-SELECT
-    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')),
-    least(
-        (SELECT min(run_at) FROM jobs WHERE status = 'queued' AND run_at <= $1),
-        (SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < $1))
-"""
-
-_LIST_DELIVERIES = """
-SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
-       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
-FROM deliveries AS d
-LEFT JOIN LATERAL (
-    SELECT x.status, x.attempts, x.last_error FROM jobs AS x
-    WHERE x.delivery_ref = d.id ORDER BY x.id DESC LIMIT 1) AS j ON true
-LEFT JOIN LATERAL (
-    SELECT y.state, y.task_url FROM delegations AS y
-    WHERE y.issue_key = d.issue_key ORDER BY y.generation DESC LIMIT 1) AS g ON true
-ORDER BY d.received_at DESC, d.id DESC
-LIMIT $1
-"""
-_REQUEUE_DELIVERY = """
-INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
-SELECT d.id, d.issue_key, $2, $2, $2 FROM deliveries AS d
-WHERE d.id = (SELECT id FROM deliveries WHERE delivery_id = $1
-              ORDER BY received_at DESC, id DESC LIMIT 1)
-  AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
-                  AND status IN ('queued', 'running'))
-ON CONFLICT DO NOTHING
-"""
-# A delivery with a live job has a row in jobs_one_active_per_delivery, so a
-# concurrent requeue of the same delivery conflicts and inserts nothing.
-
-_DELEGATION_COLUMNS_SELECT = """
-SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
-    task_name, task_url, comment_id, attempts, last_error, created_at, updated_at
-FROM delegations
-"""
-_CURRENT_DELEGATION = (
-    _DELEGATION_COLUMNS_SELECT + " WHERE issue_key = $1 ORDER BY generation DESC LIMIT 1"
-)
-_GET_DELEGATION = _DELEGATION_COLUMNS_SELECT + " WHERE issue_key = $1 AND generation = $2"
-_INSERT_DELEGATION = """
-INSERT INTO delegations
-    (issue_key, generation, tracker, delivery_id, state, created_at, updated_at)
-VALUES ($1, $2, $3, $4, 'pending', $5, $5)
-ON CONFLICT (issue_key, generation) DO NOTHING
-"""
-_SAVE_DELEGATION = """
-UPDATE delegations
-SET state = $2, account_id = $3, task_kind = $4, task_id = $5, task_name = $6,
-    task_url = $7, comment_id = $8, attempts = $9, last_error = $10, updated_at = $11
-WHERE id = $1
-"""
-
-_ACCOUNT_SELECT = """
-SELECT a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status,
-    a.last_used_at
-"""
-_UPSERT_ACCOUNT = """
-INSERT INTO accounts
-    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at)
-VALUES ($1, $2, $3, $4, 'valid', $5, $5)
-ON CONFLICT (coder_user_id) DO UPDATE
-SET coder_username = excluded.coder_username, key_id = excluded.key_id,
-    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
-RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at
-"""
-_UPSERT_IDENTITY = """
-INSERT INTO identities (provider, external_id, login, account_id, linked_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (provider, external_id) DO UPDATE
-SET account_id = excluded.account_id, linked_at = excluded.linked_at,
-    login = CASE WHEN excluded.login <> '' THEN excluded.login ELSE identities.login END
-"""
-_DELETE_ORPHAN_ACCOUNTS_EXCEPT = """
-DELETE FROM accounts
-WHERE id <> $1 AND NOT EXISTS (SELECT 1 FROM identities AS i WHERE i.account_id = accounts.id)
-"""
-_FIND_ACCOUNT = (
-    _ACCOUNT_SELECT
-    + " FROM identities AS i JOIN accounts AS a ON a.id = i.account_id"
-    + " WHERE i.provider = $1 AND i.external_id = $2"
-)
-_GET_ACCOUNT = _ACCOUNT_SELECT + " FROM accounts AS a WHERE a.id = $1"
-_LIST_ACCOUNTS = (
-    _ACCOUNT_SELECT
-    + ", i.provider, i.external_id, i.login"
-    + " FROM accounts AS a LEFT JOIN identities AS i ON i.account_id = a.id"
-    + " ORDER BY a.coder_username, a.id, i.provider, i.external_id"
-)
-_DELETE_IDENTITY = """
-DELETE FROM identities WHERE provider = $1 AND external_id = $2 RETURNING account_id
-"""
-_DELETE_ACCOUNT_IF_ORPHAN = """
-DELETE FROM accounts
-WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM identities WHERE account_id = $1)
-"""
-_DELETE_IDENTITIES_OF_USERNAME = """
-DELETE FROM identities
-WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = $1)
-"""
-_DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = $1"
-_SET_ACCOUNT_INVALID = """
-UPDATE accounts SET token_status = 'invalid', updated_at = $2 WHERE id = $1 AND ciphertext = $3
-"""
-_SET_ACCOUNT_USED = """
-UPDATE accounts SET last_used_at = greatest(coalesce(last_used_at, $2), $2) WHERE id = $1
-"""
-_REPLACE_CIPHERTEXT = """
-UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
-WHERE id = $1 AND ciphertext = $2
-"""
-
 
 def _changed(status: str) -> int:
     """Rows changed, from asyncpg's command tag (``"UPDATE 3"``, ``"INSERT 0 1"``)."""
@@ -377,7 +246,8 @@ class PostgresStore:
     # -- ingest ---------------------------------------------------------------------
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
         """Store and enqueue the batch in ONE statement (one round trip, one
-        transaction). Per input: True if new, False if a duplicate (first wins)."""
+        transaction). Per input: True if new, False if a duplicate (same delivery id
+        or same body; first wins)."""
         if not deliveries:
             return []
         rows = await self._fetch(
@@ -387,6 +257,7 @@ class PostgresStore:
             [d.issue_key for d in deliveries],
             [d.event_json for d in deliveries],
             [float(d.received_at) for d in deliveries],
+            [d.body_sha256 for d in deliveries],
         )
         return first_wins(deliveries, {(row[0], row[1]) for row in rows})
 
@@ -402,45 +273,71 @@ class PostgresStore:
 
     async def renew_lease(self, job_id: int, owner: str, *, until: float) -> bool:
         """Set the lease end; False (no change) if ``owner`` no longer holds the job."""
-        return await self._execute(_RENEW_LEASE, job_id, owner, until, time.time()) == 1
+        return await self._execute(queries.RENEW_LEASE, job_id, owner, until, time.time()) == 1
 
     async def finish_job(self, job_id: int, owner: str) -> None:
         """Mark the job ``done``; a no-op unless ``owner`` holds it."""
-        await self._execute(_FINISH_JOB, job_id, owner, time.time())
+        await self._execute(queries.FINISH_JOB, job_id, owner, time.time())
 
     async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
         """Queue the job again at ``run_at`` with ``last_error``; a no-op unless
         ``owner`` holds it."""
-        await self._execute(_RETRY_JOB, job_id, owner, run_at, error, time.time())
+        await self._execute(queries.RETRY_JOB, job_id, owner, run_at, error, time.time())
 
     async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
         """Mark the job ``failed``; a no-op unless ``owner`` holds it."""
-        await self._execute(_FAIL_JOB, job_id, owner, error, time.time())
+        await self._execute(queries.FAIL_JOB, job_id, owner, error, time.time())
 
     async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
         """Give the job back uncounted, at ``run_at`` (None: its old one); a no-op
         unless ``owner`` holds it."""
-        await self._execute(_RELEASE_JOB, job_id, owner, time.time(), run_at)
+        await self._execute(queries.RELEASE_JOB, job_id, owner, time.time(), run_at)
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:
         """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""
-        row = await self._fetchrow(_QUEUE_STATS, now)
+        row = await self._fetchrow(queries.QUEUE_STATS, now)
         oldest = row[1]
         return int(row[0]), (max(0.0, now - float(oldest)) if oldest is not None else 0.0)
 
+    # -- workers --------------------------------------------------------------------
+    async def register_worker(self, owner: str, *, now: float) -> int:
+        """Record ``owner``; replicas share the database, so nothing is taken back here
+        (``heartbeat`` takes back the jobs of workers that stopped beating)."""
+        await self._execute(queries.UPSERT_WORKER, owner, now)
+        return 0
+
+    async def heartbeat(self, owner: str, *, now: float, stale_after: float) -> int:
+        """See ``Store.heartbeat``: beat, then take back the jobs of stale workers."""
+
+        async def body(conn: Any) -> int:
+            await conn.execute(queries.UPSERT_WORKER, owner, now)
+            cutoff = now - stale_after
+            taken = _changed(await conn.execute(queries.REQUEUE_JOBS_OF_STALE_WORKERS,
+                                                owner, cutoff, now))
+            await conn.execute(queries.DELETE_STALE_WORKERS, owner, cutoff)
+            return taken
+
+        return int(await self._transaction(body))
+
+    async def unregister_worker(self, owner: str) -> None:
+        """Forget ``owner``."""
+        await self._execute(queries.DELETE_WORKER, owner)
+
     # -- deliveries (CLI) -----------------------------------------------------------
     async def list_deliveries(self, *, limit: int) -> list[DeliveryRecord]:
-        """Newest first, with the newest job and the issue's newest delegation."""
-        return [delivery_record_from_row(row) for row in await self._fetch(_LIST_DELIVERIES, limit)]
+        """Newest first (by arrival), with the newest job and the issue's newest
+        delegation."""
+        rows = await self._fetch(queries.LIST_DELIVERIES, limit)
+        return [delivery_record_from_row(row) for row in rows]
 
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job unless one is live; see ``SQLiteStore.requeue_delivery``."""
-        return await self._execute(_REQUEUE_DELIVERY, delivery_id, now) == 1
+        return await self._execute(queries.REQUEUE_DELIVERY, delivery_id, now) == 1
 
     # -- delegations ----------------------------------------------------------------
     async def current_delegation(self, issue_key: str) -> Delegation | None:
         """The issue's delegation with the highest generation, if any."""
-        row = await self._fetchrow(_CURRENT_DELEGATION, issue_key)
+        row = await self._fetchrow(queries.CURRENT_DELEGATION, issue_key)
         return delegation_from_row(row) if row is not None else None
 
     async def create_delegation(
@@ -449,15 +346,16 @@ class PostgresStore:
         """Insert ``generation`` as ``pending``; if it exists, return it unchanged."""
 
         async def body(conn: Any) -> Any:
-            await conn.execute(_INSERT_DELEGATION, issue_key, generation, tracker, delivery_id, now)
-            return await conn.fetchrow(_GET_DELEGATION, issue_key, generation)
+            await conn.execute(queries.INSERT_DELEGATION, issue_key, generation, tracker,
+                               delivery_id, now)
+            return await conn.fetchrow(queries.GET_DELEGATION, issue_key, generation)
 
         return delegation_from_row(await self._transaction(body))
 
     async def save_delegation(self, delegation: Delegation) -> None:
         """Write the mutable fields; ``StoreError`` if the row does not exist."""
         changed = await self._execute(
-            _SAVE_DELEGATION,
+            queries.SAVE_DELEGATION,
             delegation.id,
             delegation.state,
             delegation.account_id,
@@ -469,6 +367,7 @@ class PostgresStore:
             delegation.attempts,
             delegation.last_error,
             delegation.updated_at,
+            delegation.comment_sha256,
         )
         if changed != 1:
             raise StoreError(f"delegation {delegation.id} does not exist")
@@ -488,30 +387,30 @@ class PostgresStore:
 
         async def body(conn: Any) -> Any:
             row = await conn.fetchrow(
-                _UPSERT_ACCOUNT, coder_user_id, coder_username, key_id, ciphertext, wall
+                queries.UPSERT_ACCOUNT, coder_user_id, coder_username, key_id, ciphertext, wall
             )
             links = [(i.provider, i.external_id, i.login, row[0], wall) for i in identities]
             if links:
-                await conn.executemany(_UPSERT_IDENTITY, links)
-            await conn.execute(_DELETE_ORPHAN_ACCOUNTS_EXCEPT, row[0])
+                await conn.executemany(queries.UPSERT_IDENTITY, links)
+            await conn.execute(queries.DELETE_ORPHAN_ACCOUNTS_EXCEPT, row[0])
             return row
 
         return account_from_row(await self._transaction(body))
 
     async def find_account(self, provider: str, external_id: str) -> Account | None:
         """The account this tracker identity is linked to, if any."""
-        row = await self._fetchrow(_FIND_ACCOUNT, provider, external_id)
+        row = await self._fetchrow(queries.FIND_ACCOUNT, provider, external_id)
         return account_from_row(row) if row is not None else None
 
     async def get_account(self, account_id: int) -> Account | None:
         """The account with this id, if any."""
-        row = await self._fetchrow(_GET_ACCOUNT, account_id)
+        row = await self._fetchrow(queries.GET_ACCOUNT, account_id)
         return account_from_row(row) if row is not None else None
 
     async def list_accounts(self) -> list[tuple[Account, list[Identity]]]:
         """Every account with its identities, ordered by username."""
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
-        for row in await self._fetch(_LIST_ACCOUNTS):
+        for row in await self._fetch(queries.LIST_ACCOUNTS):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
             if row[7] is not None:
                 entry[1].append(identity_from_row(tuple(row)[7:]))
@@ -536,35 +435,36 @@ class PostgresStore:
 
     async def mark_token_invalid(self, account_id: int, *, ciphertext: bytes) -> None:
         """Set ``token_status`` to ``invalid``."""
-        await self._execute(_SET_ACCOUNT_INVALID, account_id, time.time(), ciphertext)
+        await self._execute(queries.SET_ACCOUNT_INVALID, account_id, time.time(), ciphertext)
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
-        await self._execute(_SET_ACCOUNT_USED, account_id, now)
+        await self._execute(queries.SET_ACCOUNT_USED, account_id, now)
 
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
         """Compare-and-swap on the key id; True if swapped."""
         changed = await self._execute(
-            _REPLACE_CIPHERTEXT, account_id, old_ciphertext, key_id, ciphertext, time.time()
+            queries.REPLACE_CIPHERTEXT, account_id, old_ciphertext, key_id, ciphertext, time.time()
         )
         return changed == 1
 
 
 def _unlink_identity(provider: str, external_id: str) -> Any:
     async def body(conn: Any) -> int:
-        account_id = await conn.fetchval(_DELETE_IDENTITY, provider, external_id)
+        account_id = await conn.fetchval(queries.DELETE_IDENTITY, provider, external_id)
         if account_id is None:
             return 0
-        return 1 + _changed(await conn.execute(_DELETE_ACCOUNT_IF_ORPHAN, account_id))
+        return 1 + _changed(await conn.execute(queries.DELETE_ACCOUNT_IF_ORPHAN, account_id))
 
     return body
 
 
 def _unlink_username(coder_username: str) -> Any:
     async def body(conn: Any) -> int:
-        removed = _changed(await conn.execute(_DELETE_IDENTITIES_OF_USERNAME, coder_username))
-        return removed + _changed(await conn.execute(_DELETE_ACCOUNTS_OF_USERNAME, coder_username))
+        identities = await conn.execute(queries.DELETE_IDENTITIES_OF_USERNAME, coder_username)
+        accounts = await conn.execute(queries.DELETE_ACCOUNTS_OF_USERNAME, coder_username)
+        return _changed(identities) + _changed(accounts)
 
     return body

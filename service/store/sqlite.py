@@ -1,6 +1,7 @@
-"""The SQLite backend of :class:`service.store.base.Store` (one file; WAL lets replicas share it).
+"""The SQLite backend of :class:`service.store.base.Store`: one file, one bridge process.
 
-Durability and isolation:
+One process serves a database file (``serve --role web`` and ``--role worker`` may
+share one on one host; to scale out, use PostgreSQL). Durability and isolation:
 
 * WAL journal with ``synchronous=FULL``: a method that returned has its commit
   fsynced, so an acknowledged delivery survives a crash or a power loss.
@@ -10,19 +11,16 @@ Durability and isolation:
   first, so they never fail half-way on a lock upgrade). Single-statement writes
   (``accept``, the job transitions) run as SQLite's implicit transaction of that
   one statement, which is atomic and takes the write lock at its first step
-  exactly as ``BEGIN IMMEDIATE`` would, and costs one thread round trip instead
-  of three.
+  exactly as ``BEGIN IMMEDIATE`` would.
 * Every operation runs in its own task shielded from the caller's cancellation:
   a cancelled caller cannot leave a transaction open on the shared connection,
   and a commit that started completes.
 
 ``accept`` stores a batch with one multi-row ``INSERT ... ON CONFLICT DO NOTHING
-RETURNING`` (chunked above ``ACCEPT_CHUNK`` rows, then inside ``BEGIN
-IMMEDIATE``), and nothing else: a stored delivery becomes a job in the
-transaction of the next ``claim`` (or ``requeue_delivery``), which first gives
-every delivery newer than the newest one with a job its first job, in arrival
-order (``_ENQUEUE_NEW_DELIVERIES``; migration 0003 says why). Until then
-``queue_stats`` and ``list_deliveries`` count and show it as queued.
+RETURNING`` (chunked above ``ACCEPT_CHUNK`` rows, then inside ``BEGIN IMMEDIATE``);
+the ``deliveries_enqueue_job`` trigger makes each new delivery's job in the same
+statement. The directory the database is created in is private to the bridge's
+user (0700), and so is the file (0600).
 """
 
 from __future__ import annotations
@@ -34,12 +32,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from service.core.events import Tracker
 from service.errors import StoreError
 from service.store import (
     Migration,
@@ -50,6 +48,7 @@ from service.store import (
     identity_from_row,
     job_from_row,
     load_migrations,
+    queries,
 )
 from service.store.base import (
     Account,
@@ -59,23 +58,27 @@ from service.store.base import (
     Job,
     NewDelivery,
 )
-from service.store.sqlite_accept import (
-    ACCEPT_CHUNK,
-    SESSION_PRAGMAS,
-    delivery_params,
-    insert_deliveries_sql,
-)
+from service.store.queries import for_sqlite
 
-__all__ = ["SQLiteStore", "split_statements"]
+__all__ = ["ACCEPT_CHUNK", "SQLiteStore", "split_statements"]
 
 _T = TypeVar("_T")
 _Row = Sequence[Any]
 _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
 
 _MIN_SQLITE = (3, 37, 0)  # STRICT tables; RETURNING and UPSERT are older
+#: Rows per INSERT statement in ``accept`` (6 parameters each, well under SQLite's
+#: default limit of 32766 bound parameters).
+ACCEPT_CHUNK = 1000
+_SESSION_PRAGMAS = (
+    "PRAGMA synchronous = FULL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+)
 
 # -- SQL ------------------------------------------------------------------------
-# The schema lives in migrations/sqlite/*.sql; the queries below are its API.
+# The schema lives in migrations/sqlite/*.sql; service.store.queries holds what both
+# backends share, and what follows is SQLite's own.
 
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -90,26 +93,21 @@ _HAS_MIGRATIONS_TABLE = (
 )
 _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
 
-# The newest delivery that has a job (on jobs_by_delivery). Deliveries still without a
-# job are those above it. Nothing below it lacks a job, because
-# deliveries get growing ids, every job insert first runs this, and neither deliveries
-# nor jobs are ever deleted. (A clean-up that deletes rows must keep the newest
-# delivery and its jobs: a smaller max(delivery_ref) would give deliveries that ran
-# long ago a second job, and a reused id would be skipped.)
-# This gives the oldest 1,000 of them their first job, queued at their arrival, in
-# arrival order (which the claim order by (run_at, id) and the per-issue order by id
-# rely on). The limit keeps the write lock short after a long backlog (200,000
-# deliveries took 1.7 s in one statement; the ingest writer gives up after 5 s); the
-# rest follow at the next claims.
-_NEWEST_WITH_A_JOB = "(SELECT coalesce(max(delivery_ref), 0) FROM jobs)"
-_ENQUEUE_NEW_DELIVERIES = """
-INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
-SELECT id, issue_key, received_at, received_at, received_at FROM deliveries
-WHERE id > {newest_with_a_job}
-ORDER BY id
-LIMIT 1000
-"""
-_ENQUEUE_NEW_DELIVERIES = _ENQUEUE_NEW_DELIVERIES.format(newest_with_a_job=_NEWEST_WITH_A_JOB)
+
+_INSERT_DELIVERIES = (
+    "INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at,"
+    " body_sha256) VALUES "
+)
+_ON_CONFLICT_RETURNING = " ON CONFLICT DO NOTHING RETURNING tracker, delivery_id"
+
+
+@lru_cache(maxsize=64)
+def _insert_deliveries(rows: int) -> str:
+    """The multi-row INSERT of ``accept`` for ``rows`` deliveries; it returns (tracker,
+    delivery_id) of each new row. A conflict on either unique key (delivery id, body
+    hash) skips the row."""
+    return _INSERT_DELIVERIES + ",".join(["(?,?,?,?,?,?)"] * rows) + _ON_CONFLICT_RETURNING
+
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
 # jobs_queued_by_run_at, so the scan stops after :limit hits) and running jobs whose
@@ -155,161 +153,18 @@ RETURNING id,
     (SELECT d.event_json FROM deliveries AS d WHERE d.id = jobs.delivery_ref),
     attempts, lease_owner, lease_until, run_at
 """
+# One process serves an SQLite database: whatever another owner holds is left over
+# from the process before this one.
+_REQUEUE_JOBS_OF_OTHERS = """
+UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, lease_until = NULL,
+    updated_at = ?2
+WHERE status = 'running' AND lease_owner <> ?1
+"""
+_DELETE_OTHER_WORKERS = "DELETE FROM workers WHERE id <> ?1"
 
-# Job transitions change a job only while `owner` holds it (running, its lease).
-_RENEW_LEASE = """
-UPDATE jobs SET lease_until = :until, updated_at = :wall
-WHERE id = :id AND status = 'running' AND lease_owner = :owner
-"""
-_FINISH_JOB = """
-UPDATE jobs SET status = 'done', updated_at = :wall
-WHERE id = :id AND status = 'running' AND lease_owner = :owner
-"""
-_RETRY_JOB = """
-UPDATE jobs SET status = 'queued', run_at = :run_at, last_error = :error,
-    lease_owner = NULL, lease_until = NULL, updated_at = :wall
-WHERE id = :id AND status = 'running' AND lease_owner = :owner
-"""
-_FAIL_JOB = """
-UPDATE jobs SET status = 'failed', last_error = :error, updated_at = :wall
-WHERE id = :id AND status = 'running' AND lease_owner = :owner
-"""
-_RELEASE_JOB = """
-UPDATE jobs SET status = 'queued', attempts = max(attempts - 1, 0),
-    run_at = coalesce(:run_at, run_at), lease_owner = NULL, lease_until = NULL,
-    updated_at = :wall
-WHERE id = :id AND status = 'running' AND lease_owner = :owner
-"""
-# Deliveries still without a job count as queued jobs whose run_at is their arrival.
-_QUEUE_STATS = """
-SELECT
-    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running'))
-        + (SELECT count(*) FROM deliveries
-           WHERE id > {newest_with_a_job}),
-    (SELECT min(run_at) FROM (
-        SELECT min(run_at) AS run_at FROM jobs WHERE status = 'queued' AND run_at <= :now
-        UNION ALL
-        SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < :now
-        UNION ALL
-        SELECT min(received_at) FROM deliveries
-        WHERE id > {newest_with_a_job} AND received_at <= :now))
-"""
-_QUEUE_STATS = _QUEUE_STATS.format(newest_with_a_job=_NEWEST_WITH_A_JOB)
-
-# A delivery without a job is waiting for its first claim: queued.
-_LIST_DELIVERIES = """
-SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
-       coalesce(j.status, 'queued'), coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
-FROM deliveries AS d
-LEFT JOIN jobs AS j
-    ON j.id = (SELECT max(x.id) FROM jobs AS x WHERE x.delivery_ref = d.id)
-LEFT JOIN delegations AS g
-    ON g.id = (SELECT y.id FROM delegations AS y WHERE y.issue_key = d.issue_key
-               ORDER BY y.generation DESC LIMIT 1)
-ORDER BY d.id DESC
-LIMIT :limit
-"""
-# Only a delivery that has had a job: one still without (stored after the
-# _ENQUEUE_NEW_DELIVERIES that requeue_delivery runs first) is queued already, and a
-# job for it would hide the deliveries between from _ENQUEUE_NEW_DELIVERIES.
-_REQUEUE_DELIVERY = """
-INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
-SELECT d.id, d.issue_key, :now, :now, :now FROM deliveries AS d
-WHERE d.id = (SELECT id FROM deliveries
-              WHERE tracker IN ({trackers}) AND delivery_id = :delivery_id
-              ORDER BY id DESC LIMIT 1)
-  AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
-                  AND status IN ('queued', 'running'))
-  AND d.id <= {newest_with_a_job}
-"""
-
-# IN over every tracker lets SQLite use the (tracker, delivery_id) unique key.
-_REQUEUE_DELIVERY = _REQUEUE_DELIVERY.format(
-    trackers=", ".join(f"'{tracker}'" for tracker in get_args(Tracker)),
-    newest_with_a_job=_NEWEST_WITH_A_JOB)
-
-_CURRENT_DELEGATION = """
-SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
-task_name, task_url, comment_id, attempts, last_error, created_at, updated_at
-FROM delegations WHERE issue_key = ?
-ORDER BY generation DESC LIMIT 1
-"""
-_INSERT_DELEGATION = """
-INSERT INTO delegations
-    (issue_key, generation, tracker, delivery_id, state, created_at, updated_at)
-VALUES (:issue_key, :generation, :tracker, :delivery_id, 'pending', :now, :now)
-ON CONFLICT (issue_key, generation) DO NOTHING
-"""
-_GET_DELEGATION = """
-SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
-task_name, task_url, comment_id, attempts, last_error, created_at, updated_at
-FROM delegations WHERE issue_key = ? AND generation = ?
-"""
-_SAVE_DELEGATION = """
-UPDATE delegations
-SET state = :state, account_id = :account_id, task_kind = :task_kind, task_id = :task_id,
-    task_name = :task_name, task_url = :task_url, comment_id = :comment_id,
-    attempts = :attempts, last_error = :last_error, updated_at = :updated_at
-WHERE id = :id
-"""
-
-_UPSERT_ACCOUNT = """
-INSERT INTO accounts
-    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at)
-VALUES (:coder_user_id, :coder_username, :key_id, :ciphertext, 'valid', :wall, :wall)
-ON CONFLICT (coder_user_id) DO UPDATE
-SET coder_username = excluded.coder_username, key_id = excluded.key_id,
-    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
-RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at
-"""
-_UPSERT_IDENTITY = """
-INSERT INTO identities (provider, external_id, login, account_id, linked_at)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (provider, external_id) DO UPDATE
-SET account_id = excluded.account_id, linked_at = excluded.linked_at,
-    login = CASE WHEN excluded.login <> '' THEN excluded.login ELSE identities.login END
-"""
-_DELETE_ORPHAN_ACCOUNTS_EXCEPT = """
-DELETE FROM accounts
-WHERE id <> ? AND NOT EXISTS (SELECT 1 FROM identities AS i WHERE i.account_id = accounts.id)
-"""
-_FIND_ACCOUNT = """
-SELECT a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status,
-a.last_used_at FROM identities AS i JOIN accounts AS a ON a.id = i.account_id
-WHERE i.provider = ? AND i.external_id = ?
-"""
-_GET_ACCOUNT = """
-SELECT a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status,
-a.last_used_at FROM accounts AS a WHERE a.id = ?
-"""
-_LIST_ACCOUNTS = """
-SELECT a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status,
-a.last_used_at, i.provider, i.external_id, i.login
-FROM accounts AS a LEFT JOIN identities AS i ON i.account_id = a.id
-ORDER BY a.coder_username, a.id, i.provider, i.external_id
-"""
-_DELETE_IDENTITY = """
-DELETE FROM identities WHERE provider = ? AND external_id = ? RETURNING account_id
-"""
-_DELETE_ACCOUNT_IF_ORPHAN = """
-DELETE FROM accounts
-WHERE id = ? AND NOT EXISTS (SELECT 1 FROM identities WHERE account_id = ?)
-"""
-_DELETE_IDENTITIES_OF_USERNAME = """
-DELETE FROM identities
-WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = ?)
-"""
-_DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = ?"
-_SET_ACCOUNT_INVALID = """
-UPDATE accounts SET token_status = 'invalid', updated_at = ? WHERE id = ? AND ciphertext = ?
-"""
-_SET_ACCOUNT_USED = """
-UPDATE accounts SET last_used_at = max(coalesce(last_used_at, :now), :now) WHERE id = :id
-"""
-_REPLACE_CIPHERTEXT = """
-UPDATE accounts SET key_id = :key_id, ciphertext = :ciphertext, updated_at = :wall
-WHERE id = :id AND ciphertext = :old_ciphertext
-"""
+#: The shared statements, in SQLite's parameter style, by name.
+_Q = {name: for_sqlite(value) for name, value in vars(queries).items()
+      if name.isupper() and not name.startswith("_") and isinstance(value, str)}
 
 
 class SQLiteStore:
@@ -330,7 +185,8 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, path: str | Path) -> SQLiteStore:
-        """Open (creating the file and its parent directory) and configure the database.
+        """Open (creating the file and its parent directories, private to this user) and
+        configure the database.
 
         Raises ``StoreError`` if SQLite is older than 3.37, or the file cannot be
         opened or switched to WAL.
@@ -340,7 +196,7 @@ class SQLiteStore:
         target = str(path)
         try:
             if target != ":memory:":
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(target))
             conn = await aiosqlite.connect(target, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite database {target!r}: {exc}") from exc
@@ -478,20 +334,14 @@ class SQLiteStore:
                 await conn.close()
 
     # -- ingest ---------------------------------------------------------------------
-    def ingest_database(self) -> str | None:
-        """The file, for the ingest writer process's connection of its own
-        (``service.web.ingest.ProcessCommitter``); None for ``:memory:``, where a
-        second connection would be another database."""
-        return None if self._path == ":memory:" else self._path
-
     async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        """Store each delivery, in ONE committed transaction; the next ``claim`` gives
-        each its job (see the module docstring).
+        """Store each delivery and its job, in ONE committed transaction.
 
         Up to ``ACCEPT_CHUNK`` deliveries take one statement and one thread round
         trip; larger batches run one statement per chunk inside ``BEGIN IMMEDIATE``.
-        Returns, per input, True if new and False for a duplicate (including a
-        repeat of an earlier input of the same batch: the first wins).
+        Returns, per input, True if new and False for a duplicate (same delivery id
+        or same body; including a repeat of an earlier input of the same batch: the
+        first wins).
         """
         if not deliveries:
             return []
@@ -500,8 +350,11 @@ class SQLiteStore:
         async def body(conn: aiosqlite.Connection) -> set[tuple[str, str]]:
             inserted: set[tuple[str, str]] = set()
             for chunk in chunks:
-                rows = await conn.execute_fetchall(insert_deliveries_sql(len(chunk)),
-                                                 delivery_params(chunk))
+                params: list[Any] = []
+                for d in chunk:
+                    params += (d.tracker, d.delivery_id, d.issue_key, d.event_json,
+                               float(d.received_at), d.body_sha256)
+                rows = await conn.execute_fetchall(_insert_deliveries(len(chunk)), params)
                 inserted.update((row[0], row[1]) for row in rows)
             return inserted
 
@@ -510,28 +363,18 @@ class SQLiteStore:
 
     # -- jobs -----------------------------------------------------------------------
     async def claim(self, owner: str, *, now: float, lease_seconds: float, limit: int) -> list[Job]:
-        """Give new deliveries their jobs, then lease up to ``limit`` runnable jobs to
-        ``owner`` in one ``UPDATE ... RETURNING``.
-
-        Two statements, each its own transaction: in one transaction the write lock
-        would be held between them while the event loop runs other work, and the
-        ingest writer's commits would wait for it. Giving jobs is complete by itself.
+        """Lease up to ``limit`` runnable jobs to ``owner`` in one ``UPDATE ... RETURNING``.
 
         Runnable: ``queued`` with ``run_at <= now``, or ``running`` whose lease
         ended before ``now`` (``lease_until < now``; a lease is valid through
-        ``lease_until`` itself). At most one job per
-        ``issue_key``, none of an issue with a job under a lease still valid at
-        ``now``. Oldest ``run_at`` (then id) first; ``attempts`` is incremented.
+        ``lease_until`` itself). At most one job per ``issue_key``, none of an issue
+        with a job under a lease still valid at ``now``. Oldest ``run_at`` (then id)
+        first; ``attempts`` is incremented.
         """
         if limit <= 0:
             return []
         params = {"owner": owner, "now": now, "until": now + lease_seconds, "limit": limit}
-
-        async def body(conn: aiosqlite.Connection) -> list[_Row]:
-            await conn.execute(_ENQUEUE_NEW_DELIVERIES)
-            return list(await conn.execute_fetchall(_CLAIM, params))
-
-        rows = await self._run(body)
+        rows = await self._fetchall(_CLAIM, params)
         rows.sort(key=lambda row: (float(row[8]), int(row[0])))
         return [job_from_row(row) for row in rows]
 
@@ -539,62 +382,79 @@ class SQLiteStore:
         """Set the lease end to ``until``; False (and no change) if ``owner`` no longer
         holds the job. An owner whose lease ran out but whose job nobody re-claimed
         still holds it."""
-        params = {"id": job_id, "owner": owner, "until": until, "wall": time.time()}
-        return await self._rowcount(_RENEW_LEASE, params) == 1
+        return await self._rowcount(_Q["RENEW_LEASE"], (job_id, owner, until, time.time())) == 1
 
     async def finish_job(self, job_id: int, owner: str) -> None:
         """Mark the job ``done``; a no-op unless ``owner`` holds it (running, its lease)."""
-        await self._rowcount(_FINISH_JOB, {"id": job_id, "owner": owner, "wall": time.time()})
+        await self._rowcount(_Q["FINISH_JOB"], (job_id, owner, time.time()))
 
     async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
         """Queue the job again at ``run_at`` with ``last_error``, dropping the lease;
         a no-op unless ``owner`` holds it."""
-        params = {"id": job_id, "owner": owner, "run_at": run_at, "error": error}
-        await self._rowcount(_RETRY_JOB, {**params, "wall": time.time()})
+        await self._rowcount(_Q["RETRY_JOB"], (job_id, owner, run_at, error, time.time()))
 
     async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
         """Mark the job ``failed`` with ``last_error``; a no-op unless ``owner`` holds it."""
-        params = {"id": job_id, "owner": owner, "error": error, "wall": time.time()}
-        await self._rowcount(_FAIL_JOB, params)
+        await self._rowcount(_Q["FAIL_JOB"], (job_id, owner, error, time.time()))
 
     async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
         """Give the job back: ``queued`` at ``run_at`` (None: its old one), lease
         dropped, this attempt not counted; a no-op unless ``owner`` holds it."""
-        await self._rowcount(_RELEASE_JOB, {"id": job_id, "owner": owner, "run_at": run_at,
-                                            "wall": time.time()})
+        await self._rowcount(_Q["RELEASE_JOB"], (job_id, owner, time.time(), run_at))
 
     async def queue_stats(self, *, now: float) -> tuple[int, float]:
-        """(jobs queued or running, seconds since the oldest runnable job's ``run_at``);
-        a delivery still without its job counts as a job queued at its arrival."""
-        row = await self._fetchone(_QUEUE_STATS, {"now": now})
+        """(jobs queued or running, seconds since the oldest runnable job's ``run_at``)."""
+        row = await self._fetchone(_Q["QUEUE_STATS"], (now,))
         assert row is not None
         oldest = row[1]
         return int(row[0]), (max(0.0, now - float(oldest)) if oldest is not None else 0.0)
 
+    # -- workers --------------------------------------------------------------------
+    async def register_worker(self, owner: str, *, now: float) -> int:
+        """Record ``owner``, and take back every job another owner holds: one process
+        serves an SQLite database, so they are left over from the process before."""
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(_REQUEUE_JOBS_OF_OTHERS, (owner, now))
+            await conn.execute(_DELETE_OTHER_WORKERS, (owner,))
+            await conn.execute(_Q["UPSERT_WORKER"], (owner, now))
+            return int(cursor.rowcount)
+
+        return await self._run(body, begin="BEGIN IMMEDIATE")
+
+    async def heartbeat(self, owner: str, *, now: float, stale_after: float) -> int:
+        """See ``Store.heartbeat``: beat, then take back the jobs of stale workers."""
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            await conn.execute(_Q["UPSERT_WORKER"], (owner, now))
+            params = (owner, now - stale_after, now)
+            cursor = await conn.execute(_Q["REQUEUE_JOBS_OF_STALE_WORKERS"], params)
+            await conn.execute(_Q["DELETE_STALE_WORKERS"], params[:2])
+            return int(cursor.rowcount)
+
+        return await self._run(body, begin="BEGIN IMMEDIATE")
+
+    async def unregister_worker(self, owner: str) -> None:
+        """Forget ``owner``."""
+        await self._rowcount(_Q["DELETE_WORKER"], (owner,))
+
     # -- deliveries (CLI) -----------------------------------------------------------
     async def list_deliveries(self, *, limit: int) -> list[DeliveryRecord]:
-        """Newest ``received_at`` first, each with its newest job and the issue's
-        newest delegation."""
-        rows = await self._fetchall(_LIST_DELIVERIES, {"limit": limit})
+        """Newest first (by arrival), each with its newest job and the issue's newest
+        delegation."""
+        rows = await self._fetchall(_Q["LIST_DELIVERIES"], (limit,))
         return [delivery_record_from_row(row) for row in rows]
 
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job (attempts 0, ``run_at = now``) for the delivery unless
         it has a queued or running job. False if unknown or already live. Should two
         trackers share the id, the most recently received delivery is meant."""
-        params = {"delivery_id": delivery_id, "now": now}
-
-        async def body(conn: aiosqlite.Connection) -> int:
-            await conn.execute(_ENQUEUE_NEW_DELIVERIES)
-            cursor = await conn.execute(_REQUEUE_DELIVERY, params)
-            return int(cursor.rowcount)
-
-        return await self._run(body) == 1
+        return await self._rowcount(_Q["REQUEUE_DELIVERY"], (delivery_id, now)) == 1
 
     # -- delegations ----------------------------------------------------------------
     async def current_delegation(self, issue_key: str) -> Delegation | None:
         """The issue's delegation with the highest generation, if any."""
-        row = await self._fetchone(_CURRENT_DELEGATION, (issue_key,))
+        row = await self._fetchone(_Q["CURRENT_DELEGATION"], (issue_key,))
         return delegation_from_row(row) if row is not None else None
 
     async def create_delegation(
@@ -602,17 +462,12 @@ class SQLiteStore:
     ) -> Delegation:
         """Insert ``generation`` of the issue as ``pending``; if it exists, return the
         stored row unchanged (whatever its delivery)."""
-        params = {
-            "issue_key": issue_key,
-            "generation": generation,
-            "tracker": tracker,
-            "delivery_id": delivery_id,
-            "now": now,
-        }
 
         async def body(conn: aiosqlite.Connection) -> _Row:
-            await conn.execute(_INSERT_DELEGATION, params)
-            rows = list(await conn.execute_fetchall(_GET_DELEGATION, (issue_key, generation)))
+            await conn.execute(_Q["INSERT_DELEGATION"],
+                               (issue_key, generation, tracker, delivery_id, now))
+            rows = list(await conn.execute_fetchall(_Q["GET_DELEGATION"],
+                                                    (issue_key, generation)))
             return rows[0]
 
         return delegation_from_row(await self._run(body, begin="BEGIN IMMEDIATE"))
@@ -623,20 +478,10 @@ class SQLiteStore:
 
         Raises ``StoreError`` if no such row exists.
         """
-        params = {
-            "id": delegation.id,
-            "state": delegation.state,
-            "account_id": delegation.account_id,
-            "task_kind": delegation.task_kind,
-            "task_id": delegation.task_id,
-            "task_name": delegation.task_name,
-            "task_url": delegation.task_url,
-            "comment_id": delegation.comment_id,
-            "attempts": delegation.attempts,
-            "last_error": delegation.last_error,
-            "updated_at": delegation.updated_at,
-        }
-        if await self._rowcount(_SAVE_DELEGATION, params) != 1:
+        d = delegation
+        params = (d.id, d.state, d.account_id, d.task_kind, d.task_id, d.task_name, d.task_url,
+                  d.comment_id, d.attempts, d.last_error, d.updated_at, d.comment_sha256)
+        if await self._rowcount(_Q["SAVE_DELEGATION"], params) != 1:
             raise StoreError(f"delegation {delegation.id} does not exist")
 
     # -- accounts -------------------------------------------------------------------
@@ -655,39 +500,32 @@ class SQLiteStore:
         An identity linked elsewhere moves here; another account left without any
         identity is deleted with its token. An empty ``login`` keeps the stored one.
         """
-        account = {
-            "coder_user_id": coder_user_id,
-            "coder_username": coder_username,
-            "key_id": key_id,
-            "ciphertext": ciphertext,
-            "wall": time.time(),
-        }
+        wall = time.time()
 
         async def body(conn: aiosqlite.Connection) -> _Row:
-            row = next(iter(await conn.execute_fetchall(_UPSERT_ACCOUNT, account)))
-            links = [
-                (i.provider, i.external_id, i.login, row[0], account["wall"]) for i in identities
-            ]
-            await conn.executemany(_UPSERT_IDENTITY, links)
-            await conn.execute(_DELETE_ORPHAN_ACCOUNTS_EXCEPT, (row[0],))
+            params = (coder_user_id, coder_username, key_id, ciphertext, wall)
+            row = next(iter(await conn.execute_fetchall(_Q["UPSERT_ACCOUNT"], params)))
+            links = [(i.provider, i.external_id, i.login, row[0], wall) for i in identities]
+            await conn.executemany(_Q["UPSERT_IDENTITY"], links)
+            await conn.execute(_Q["DELETE_ORPHAN_ACCOUNTS_EXCEPT"], (row[0],))
             return row
 
         return account_from_row(await self._run(body, begin="BEGIN IMMEDIATE"))
 
     async def find_account(self, provider: str, external_id: str) -> Account | None:
         """The account this tracker identity is linked to, if any."""
-        row = await self._fetchone(_FIND_ACCOUNT, (provider, external_id))
+        row = await self._fetchone(_Q["FIND_ACCOUNT"], (provider, external_id))
         return account_from_row(row) if row is not None else None
 
     async def get_account(self, account_id: int) -> Account | None:
         """The account with this id, if any."""
-        row = await self._fetchone(_GET_ACCOUNT, (account_id,))
+        row = await self._fetchone(_Q["GET_ACCOUNT"], (account_id,))
         return account_from_row(row) if row is not None else None
 
     async def list_accounts(self) -> list[tuple[Account, list[Identity]]]:
         """Every account with its identities (by provider, id), ordered by username."""
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
-        for row in await self._fetchall(_LIST_ACCOUNTS):
+        for row in await self._fetchall(_Q["LIST_ACCOUNTS"]):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
             if row[7] is not None:
                 entry[1].append(identity_from_row(row[7:]))
@@ -718,48 +556,54 @@ class SQLiteStore:
 
     async def _unlink_identity(self, provider: str, external_id: str) -> int:
         async def body(conn: aiosqlite.Connection) -> int:
-            rows = list(await conn.execute_fetchall(_DELETE_IDENTITY, (provider, external_id)))
+            rows = list(await conn.execute_fetchall(_Q["DELETE_IDENTITY"],
+                                                    (provider, external_id)))
             if not rows:
                 return 0
-            account_id = rows[0][0]
-            cursor = await conn.execute(_DELETE_ACCOUNT_IF_ORPHAN, (account_id, account_id))
+            cursor = await conn.execute(_Q["DELETE_ACCOUNT_IF_ORPHAN"], (rows[0][0],))
             return 1 + int(cursor.rowcount)
 
         return await self._run(body, begin="BEGIN IMMEDIATE")
 
     async def _unlink_username(self, coder_username: str) -> int:
         async def body(conn: aiosqlite.Connection) -> int:
-            identities = await conn.execute(_DELETE_IDENTITIES_OF_USERNAME, (coder_username,))
+            identities = await conn.execute(_Q["DELETE_IDENTITIES_OF_USERNAME"],
+                                            (coder_username,))
             removed = int(identities.rowcount)
-            accounts = await conn.execute(_DELETE_ACCOUNTS_OF_USERNAME, (coder_username,))
+            accounts = await conn.execute(_Q["DELETE_ACCOUNTS_OF_USERNAME"], (coder_username,))
             return removed + int(accounts.rowcount)
 
         return await self._run(body, begin="BEGIN IMMEDIATE")
 
     async def mark_token_invalid(self, account_id: int, *, ciphertext: bytes) -> None:
         """Set ``token_status`` to ``invalid`` (a re-link makes it ``valid`` again)."""
-        await self._rowcount(_SET_ACCOUNT_INVALID, (time.time(), account_id, ciphertext))
+        await self._rowcount(_Q["SET_ACCOUNT_INVALID"], (account_id, time.time(), ciphertext))
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
-        await self._rowcount(_SET_ACCOUNT_USED, {"id": account_id, "now": now})
+        await self._rowcount(_Q["SET_ACCOUNT_USED"], (account_id, now))
 
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
-        """Compare-and-swap: store (``key_id``, ``ciphertext``) only if the row is still
-        under ``old_key_id``; True if swapped."""
-        params = {
-            "id": account_id,
-            "old_ciphertext": old_ciphertext,
-            "key_id": key_id,
-            "ciphertext": ciphertext,
-            "wall": time.time(),
-        }
-        return await self._rowcount(_REPLACE_CIPHERTEXT, params) == 1
+        """Compare-and-swap: store (``key_id``, ``ciphertext``) only if the row still
+        holds ``old_ciphertext``; True if swapped."""
+        params = (account_id, old_ciphertext, key_id, ciphertext, time.time())
+        return await self._rowcount(_Q["REPLACE_CIPHERTEXT"], params) == 1
 
 
 # -- connection helpers ---------------------------------------------------------------
+
+
+def _create_private(path: Path) -> None:
+    """Create the missing directories of ``path`` (0700) and the file itself (0600), so
+    that nobody else on the host reads the deliveries or the encrypted tokens. SQLite
+    gives its -wal and -shm files the database file's mode."""
+    missing = [parent for parent in reversed(path.parents) if not parent.exists()]
+    for directory in missing:
+        directory.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 async def _configure(conn: aiosqlite.Connection, *, in_memory: bool) -> None:
@@ -769,7 +613,7 @@ async def _configure(conn: aiosqlite.Connection, *, in_memory: bool) -> None:
         mode = str(rows[0][0]).lower()
         if mode != "wal" and not in_memory:
             raise StoreError(f"SQLite refused WAL journal mode (got {mode!r})")
-        for pragma in SESSION_PRAGMAS:
+        for pragma in _SESSION_PRAGMAS:
             await conn.execute(pragma)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot configure SQLite: {exc}") from exc

@@ -7,15 +7,66 @@ or TypeError escaping as a 500.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import msgspec
 import orjson
 
 from service.errors import MalformedPayload
 
 Payload = dict[str, Any]
 T = TypeVar("T")
+
+# msgspec's validation messages, e.g. "Expected `int`, got `str` - at `$.issue.number`".
+_AT = r"(?: - at `\$(?P<at>.*)`)?"
+_WRONG_TYPE = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`" + _AT)
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`" + _AT)
+_JSON_NAMES = {"str": "string", "int": "number", "float": "number", "bool": "boolean",
+               "array": "array", "object": "object", "null": "null"}
+_EXPECTED = {"object": "an object", "object | null": "an object", "array": "a list",
+             "array | null": "a list or null", "str | null": "str or null",
+             "int | null": "int or null"}
+
+
+def decode_struct(data: bytes | str, kind: type[T]) -> T:
+    """Decode a JSON body into the msgspec struct ``kind``; ``MalformedPayload`` naming the
+    field otherwise (``issue.number is a JSON string, expected int``)."""
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as exc:
+        raise MalformedPayload(_describe_invalid(str(exc), data)) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise MalformedPayload("body is not valid JSON") from None
+
+
+def _describe_invalid(message: str, data: bytes | str) -> str:
+    """msgspec's validation message in the words of this module's other readers."""
+    if (missing := _MISSING.fullmatch(message)) is not None:
+        return f"{_field_path(missing['at'], missing['name'])} is missing"
+    wrong = _WRONG_TYPE.fullmatch(message)
+    if wrong is None:
+        return f"body does not have the expected shape: {message}"
+    where, got = _field_path(wrong["at"]), wrong["got"]
+    if not where:  # the body itself: not an object, or not JSON at all
+        try:
+            msgspec.json.decode(data)
+        except (msgspec.DecodeError, RecursionError):
+            return "body is not valid JSON"
+        return f"body is a JSON {_JSON_NAMES.get(got, got)}, not an object"
+    if got == "null":
+        return f"{where} is missing"
+    want = _EXPECTED.get(wrong["want"], wrong["want"])
+    if got == "bool":
+        return f"{where} is a boolean, expected {want}"
+    return f"{where} is a JSON {_JSON_NAMES.get(got, got)}, expected {want}"
+
+
+def _field_path(at: str | None, name: str = "") -> str:
+    """``.issue.labels[0]`` (+ ``name``) → ``issue.labels[0].name``; ``""`` for the body."""
+    path = (at or "").lstrip(".")
+    return ".".join(part for part in (path, name) if part)
 
 
 def decode_object(data: bytes | str) -> Payload:

@@ -1,9 +1,8 @@
 """Liveness, readiness and metrics endpoints.
 
 Liveness stays trivial. Readiness checks only what this process needs to do
-its job: the database answers, its schema is current, the delivery writer
-(when this process takes webhooks) is running, the worker loop (when this
-process runs one) is cycling. An outage of Coder, GitHub or Linear never
+its job: the database answers, its schema is current, the worker loop (when
+this process runs one) is cycling. An outage of Coder, GitHub or Linear never
 fails readiness, or Kubernetes would pull every replica; it shows in metrics.
 """
 
@@ -19,7 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.errors import StoreError
+from service.logging import get_logger
 from service.store.base import Store
+
+log = get_logger("service.web")
 
 Check = Callable[[], Awaitable[str | None]]
 """A readiness check: None when it passes, else what is wrong."""
@@ -39,12 +42,9 @@ class Readiness:
     heartbeat_max_age: float
     clock: Callable[[], float] = time.time
     timeout: float = 2.0
-    ingest_running: Callable[[], bool] | None = None
 
     async def handle(self, _: Request) -> Response:
         checks: dict[str, Check] = {"storage": self._storage, "schema": self._schema}
-        if self.ingest_running is not None:
-            checks["ingest"] = self._ingest
         if self.worker_heartbeat is not None:
             checks["worker"] = self._worker
         results: dict[str, dict[str, str]] = {}
@@ -70,12 +70,6 @@ class Readiness:
             return f"schema version {current}, expected {latest}: run coder-bridge migrate"
         return None
 
-    async def _ingest(self) -> str | None:
-        assert self.ingest_running is not None
-        if not self.ingest_running():
-            return "the delivery writer has stopped: webhooks are answered 503"
-        return None
-
     async def _worker(self) -> str | None:
         assert self.worker_heartbeat is not None
         age = self.clock() - self.worker_heartbeat()
@@ -90,7 +84,8 @@ class MetricsEndpoint:
 
     Queue depth and the oldest job's age are read from the store at scrape time,
     so every replica reports the shared queue as it is now. If the store does not
-    answer, the gauges keep their last values and the scrape still succeeds.
+    answer (or not in time), the gauges keep their last values and the scrape still
+    succeeds; any other error is a bug and fails the scrape.
     """
 
     store: Store
@@ -101,8 +96,8 @@ class MetricsEndpoint:
         try:
             depth, oldest = await asyncio.wait_for(
                 self.store.queue_stats(now=self.clock()), self.timeout)
-        except Exception:  # noqa: S110 - readiness reports storage problems; scrapes go on
-            pass
+        except (StoreError, TimeoutError) as exc:
+            log.warning("queue_stats_unavailable", error=str(exc))
         else:
             metrics.QUEUE_DEPTH.set(depth)
             metrics.QUEUE_OLDEST_AGE.set(oldest)

@@ -12,6 +12,7 @@ making a second), and the comment is found by its marker before posting.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -26,10 +27,12 @@ from service.core.delegation import (
     Candidate,
     CheckActive,
     Continue,
+    SameRequest,
     StartNew,
     acting_candidates,
     delegation_key,
     describe_role,
+    part_of_creation,
     plan_delegation,
     task_name,
 )
@@ -46,8 +49,8 @@ from service.errors import (
 )
 from service.logging import get_logger
 from service.store.base import Account, Delegation, DelegationState, Job, Store
-from service.store.vault import Vault
 from service.trackers.base import IssueCommenter
+from service.vault import Vault
 
 log = get_logger("service.worker")
 
@@ -134,6 +137,8 @@ class Delegator:
         delegation: Delegation | None = None
         try:
             delegation = await self._delegation_for(event)
+            if delegation is None:
+                return Done("same_request")
             result = await self._advance(job, event, delegation)
         except _Permanent as stop:
             result = stop.result
@@ -149,10 +154,16 @@ class Delegator:
         return result
 
     # -- the steps -------------------------------------------------------------------
-    async def _delegation_for(self, event: IssueEvent) -> Delegation:
-        """Pick the delegation this delivery works on (I2: one active per issue)."""
+    async def _delegation_for(self, event: IssueEvent) -> Delegation | None:
+        """Pick the delegation this delivery works on (I2: one active per issue); None
+        when the delivery is another trigger of the request it already answers."""
         current = await self.store.current_delegation(event.issue_key)
-        plan = plan_delegation(current, delivery_id=event.delivery_id)
+        plan = plan_delegation(current, delivery_id=event.delivery_id,
+                               at_creation=part_of_creation(event))
+        if isinstance(plan, SameRequest):
+            log.info("trigger_joined", note="another trigger of the issue's creation",
+                     delegation_delivery=plan.delegation.delivery_id)
+            return None
         if isinstance(plan, Continue):
             return plan.delegation
         generation = plan.generation if isinstance(plan, StartNew) else 0
@@ -209,7 +220,7 @@ class Delegator:
         spec = WorkSpec(
             delegation_key=key,
             name=task_name(key),
-            prompt=render_prompt(event, requested_by=_login(candidate),
+            prompt=render_prompt(event, requested_by=_prompt_name(candidate),
                                  acting_as=describe_role(candidate.role)),
             display_name=f"{issue_reference(event)}: {event.title}"[:64],
             template=template,
@@ -224,8 +235,7 @@ class Delegator:
             metrics.TOKENS_INVALID.inc()
             log.warning("token_rejected", coder_user=account.coder_username, error=str(exc))
             body = comments.render_token_rejected_comment(
-                event, delegation_key=key, person_login=_login(candidate),
-                person_id=candidate.person.id, help=self.link_help)
+                event, delegation_key=key, person=candidate.person, help=self.link_help)
             d = replace(d, account_id=account.id, last_error=str(exc))
             await self._comment(event, d, key, body, state="failed")
             raise _Permanent(Failed(str(exc), "token_invalid")) from exc
@@ -259,16 +269,14 @@ class Delegator:
         if invalid is not None:
             account, candidate = invalid
             body = comments.render_token_rejected_comment(
-                event, delegation_key=key, person_login=_login(candidate),
-                person_id=candidate.person.id, help=self.link_help)
+                event, delegation_key=key, person=candidate.person, help=self.link_help)
             await self._comment(event, replace(d, account_id=account.id), key, body,
                                 state="failed")
             raise _Permanent(Failed("the linked Coder token is invalid", "token_invalid"))
         first = candidates[0] if candidates else None
         body = comments.render_needs_link_comment(
-            event, delegation_key=key,
-            person_login=_login(first) if first else "the issue's author",
-            person_id=first.person.id if first else "<id>", help=self.link_help)
+            event, delegation_key=key, person=first.person if first else None,
+            help=self.link_help)
         await self._comment(event, d, key, body, state="needs_link")
         log.info("delegation_needs_link", people=[c.person.login for c in candidates])
         raise _Permanent(Done("needs_link"))
@@ -277,13 +285,19 @@ class Delegator:
     async def _comment(
         self, event: IssueEvent, d: Delegation, key: str, body: str, *, state: DelegationState
     ) -> Delegation:
-        """Upsert the delegation's comment, then record the new state and comment id."""
-        commenter = self.commenters[event.tracker]
-        comment_id = await commenter.upsert_comment(
-            event, marker=comments.render_marker(key), body=body, comment_id=d.comment_id)
-        d = replace(d, comment_id=comment_id, state=state, updated_at=self.clock())
+        """Make the delegation's comment show ``body`` (no request when it already does),
+        then record the new state, the comment id and what it shows."""
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        if d.comment_id is not None and d.comment_sha256 == digest:
+            log.info("comment_unchanged", state=state, comment_id=d.comment_id)
+        else:
+            commenter = self.commenters[event.tracker]
+            comment_id = await commenter.upsert_comment(
+                event, marker=comments.render_marker(key), body=body, comment_id=d.comment_id)
+            d = replace(d, comment_id=comment_id, comment_sha256=digest)
+            log.info("comment_posted", state=state, comment_id=comment_id)
+        d = replace(d, state=state, updated_at=self.clock())
         await self.store.save_delegation(d)
-        log.info("comment_posted", state=state, comment_id=comment_id)
         return d
 
     async def _fail(self, event: IssueEvent, d: Delegation, key: str, reason: str, *,
@@ -326,7 +340,7 @@ def _work_of(d: Delegation, owner_name: str) -> CreatedWork:
                        owner_name=owner_name, status="unknown")
 
 
-def _login(candidate: Candidate) -> str:
+def _prompt_name(candidate: Candidate) -> str:
     person = candidate.person
     return f"@{person.login}" if person.login else f"user {person.id}"
 

@@ -1,10 +1,13 @@
 """The worker loop: claim jobs under a lease, run them concurrently, apply their results.
 
 A claimed job's lease is renewed while it runs, so a slow Coder call does not
-let another replica take it; a worker that dies stops renewing, and the lease
-running out lets another worker (or this one after a restart) claim the job
-again. ``stop()`` stops claiming, gives running jobs ``grace`` seconds, then
-cancels and releases the rest, so nothing acknowledged is lost.
+let another replica take it. The worker also registers itself in the store and
+beats every ``HEARTBEAT_SECONDS``; each beat takes back the jobs of workers that
+stopped beating ``STALE_AFTER_SECONDS`` ago (killed, or their host gone), so
+their jobs run again within seconds rather than after their lease. With SQLite
+(one process per database) a starting worker takes back at once every job the
+process before it held. ``stop()`` stops claiming, gives running jobs ``grace``
+seconds, then cancels and releases the rest, so nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from service.worker.delegator import (
 
 log = get_logger("service.worker")
 
+HEARTBEAT_SECONDS = 2.0
+#: A worker silent this long is taken for dead: its running jobs are queued again.
+STALE_AFTER_SECONDS = 10.0
+
 
 def worker_id() -> str:
     """A name unique to this process, recorded as the lease owner."""
@@ -63,15 +70,22 @@ class Worker:
         self._stopping = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """New work was enqueued: look for it now instead of at the next poll."""
         self._wakeup.set()
 
-    def start(self) -> None:
-        """Run the loop in the background (again, after ``stop``)."""
+    async def start(self) -> None:
+        """Register in the store (taking back what a dead predecessor held, where the
+        store says so), then run the loop and the heartbeat in the background."""
         self._stopping.clear()
+        taken = await self.store.register_worker(self.owner, now=self.clock())
+        if taken:
+            log.warning("jobs_taken_back", jobs=taken,
+                        note="held by the process before this one, which did not stop cleanly")
         self._loop_task = asyncio.create_task(self.run(), name="worker-loop")
+        self._beat_task = asyncio.create_task(self._beat(), name="worker-heartbeat")
 
     @property
     def alive(self) -> bool:
@@ -157,6 +171,21 @@ class Worker:
             metrics.JOBS.labels("failed").inc()
             log.warning("job_failed", outcome=result.outcome, error=result.error)
 
+    async def _beat(self) -> None:
+        """Beat until stopped; wake the loop when jobs of a dead worker came back."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                taken = await self.store.heartbeat(self.owner, now=self.clock(),
+                                                   stale_after=STALE_AFTER_SECONDS)
+            except Exception:
+                log.exception("worker_heartbeat_failed")
+                continue
+            if taken:
+                log.warning("jobs_taken_back", jobs=taken,
+                            note=f"their worker stopped beating {STALE_AFTER_SECONDS:.0f} s ago")
+                self._wakeup.set()
+
     async def _renew(self, job: Job) -> None:
         interval = self.config.lease_seconds / 3
         while True:
@@ -188,4 +217,10 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat_task
+        with contextlib.suppress(Exception):
+            await self.store.unregister_worker(self.owner)
         log.info("worker_stopped")

@@ -9,7 +9,9 @@ the fakes, the CLI and the log file.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from tests.conftest import (
     fixture_bytes,
     github_headers,
     linear_delivery,
+    sign_github,
 )
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
@@ -69,6 +72,7 @@ class Bridge:
     port: int
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    relabels: int = 0
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,9 +150,12 @@ poll_interval = 0.05
         """Start ``coder-bridge serve`` and wait until /readyz answers 200."""
         self.write_config()
         log = self.log_path.open("ab")
+        nofile = self.settings.get("nofile")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--config", str(self.config_path), *args],
             cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+            if nofile else None,
         )
         log.close()
 
@@ -220,8 +227,42 @@ poll_interval = 0.05
         return httpx.post(f"{self.url}/webhooks/github", content=content,
                           headers=sent_headers, timeout=10)
 
-    def comments(self) -> list[dict[str, Any]]:
-        return self.github.comments(REPOSITORY, 1)
+    def relabel(self, delivery_id: str, *, sender_id: int | None = None,
+                sender_login: str | None = None) -> httpx.Response:
+        """POST a new ``labeled`` delivery of the fixture's issue, as GitHub sends it when
+        someone adds the label again now (not at the issue's creation): its own body,
+        signed, under ``delivery_id``. Each relabel is a second after the one before, as
+        two people's clicks would be (GitHub's times have whole seconds)."""
+        self.relabels += 1
+        payload = json.loads(fixture_bytes("github/issues__labeled.json"))
+        payload["issue"]["updated_at"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.relabels))
+        if sender_id is not None:
+            payload["sender"].update(id=sender_id, login=sender_login or f"user{sender_id}")
+        body = json.dumps(payload).encode()
+        return self.deliver(body=body, delivery_id=delivery_id,
+                            headers={"X-Hub-Signature-256": sign_github(body)})
+
+    def deliver_issue(self, number: int, delivery_id: str | None = None) -> httpx.Response:
+        """POST the fixture's ``labeled`` delivery as if for issue ``number`` of the same
+        repository (which the GitHub fake then has), signed."""
+        self.github.add_issue(REPOSITORY, number)
+        payload = json.loads(fixture_bytes("github/issues__labeled.json"))
+        payload["issue"].update(number=number, id=444500000 + number,
+                                html_url=f"https://github.com/{REPOSITORY}/issues/{number}")
+        body = json.dumps(payload).encode()
+        return self.deliver(body=body, delivery_id=delivery_id or f"issue-{number}",
+                            headers={"X-Hub-Signature-256": sign_github(body)})
+
+    def comments(self, number: int = 1) -> list[dict[str, Any]]:
+        return self.github.comments(REPOSITORY, number)
+
+    def rss_bytes(self) -> int:
+        """The bridge process's resident memory now."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(kib) * 1024
 
     def wait_for_comment(self, contains: str, *, timeout: float = 15.0) -> dict[str, Any]:
         """The issue's single bridge comment, once its body contains ``contains``."""

@@ -44,8 +44,8 @@ def test_labelled_issue_becomes_one_chat_on_current_coder(
 
         # More deliveries for the same issue after detection: still one chat, no Tasks call.
         tasks_calls = len(tasks_routes_called(bridge))
-        bridge.deliver()
-        bridge.deliver(delivery_id="eeeeeeee-0000-0000-0000-000000000005")
+        assert bridge.deliver().json()["status"] == "duplicate"
+        bridge.relabel("eeeeeeee-0000-0000-0000-000000000005")
         wait_for(lambda: bridge.logs().count("job_finished") >= 2, what="both jobs")
         assert len(bridge.coder.chats) == 1 and len(bridge.comments()) == 1
         assert len(tasks_routes_called(bridge)) == tasks_calls

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import fixture_bytes, sign_github
 from tests.e2e.harness import AUTHOR_GITHUB_ID, running_bridge, wait_for
@@ -58,15 +59,25 @@ def test_redelivered_webhook_creates_one_task(tmp_path: Path) -> None:
         assert len(bridge.comments()) == 1
 
 
-def test_opened_and_labeled_deliveries_for_one_issue_make_one_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["issues__opened.json", "issues__labeled.json"])
+def test_opened_and_labeled_deliveries_for_one_issue_make_one_task(
+    tmp_path: Path, first: str,
+) -> None:
+    """An issue created with the label sends both, in no fixed order: one request."""
+    second = "issues__labeled.json" if first == "issues__opened.json" else "issues__opened.json"
     with running_bridge(tmp_path) as bridge:
         bridge.link_author()
-        assert bridge.deliver("issues__opened.json").json()["status"] == "accepted"
-        assert bridge.deliver("issues__labeled.json").json()["status"] == "accepted"
+        assert bridge.deliver(first).json()["status"] == "accepted"
+        assert bridge.deliver(second).json()["status"] == "accepted"
         wait_for(lambda: bridge.logs().count("job_finished") >= 2, what="both jobs")
         assert len(bridge.coder.tasks) == 1
         [comment] = bridge.comments()
         assert task_link(comment)
+        assert "already has" not in comment["body"]  # the comment stays as it was
+        assert [r for r in bridge.github.requests if r[0] == "PATCH"] == []  # no second edit
+        assert "trigger_joined" in bridge.logs()
+        assert not [r for r in bridge.coder.requests  # nor a look at the task's state
+                    if r[0] == "GET" and "/tasks/codertocat/" in r[1]]
 
 
 def test_transient_coder_failures_end_in_one_task(tmp_path: Path) -> None:
@@ -108,7 +119,7 @@ def test_unlinked_author_is_told_how_to_link(tmp_path: Path) -> None:
 
         # Once linked, labelling again edits the same comment into the task link.
         bridge.link_author()
-        bridge.deliver(delivery_id="aaaaaaaa-0000-0000-0000-000000000001")
+        bridge.relabel("aaaaaaaa-0000-0000-0000-000000000001")
         bridge.wait_for_comment("/tasks/codertocat/")
         assert len(bridge.comments()) == 1
         assert len(bridge.coder.tasks) == 1
@@ -180,13 +191,17 @@ def test_new_trigger_points_to_active_task_and_starts_anew_after_it_ended(tmp_pa
         first = bridge.wait_for_comment("/tasks/codertocat/")
         [task] = bridge.coder.tasks
 
-        bridge.deliver(delivery_id="bbbbbbbb-0000-0000-0000-000000000002")
+        bridge.relabel("bbbbbbbb-0000-0000-0000-000000000002")
         wait_for(lambda: "already has an AI coding agent" in bridge.comments()[0]["body"],
                  what="the comment to point at the running task")
         assert len(bridge.coder.tasks) == 1 and len(bridge.comments()) == 1
+        edits = [r for r in bridge.github.requests if r[0] == "PATCH"]
+        bridge.relabel("bbbbbbbb-0000-0000-0000-00000000000b")  # and again: no new edit
+        wait_for(lambda: bridge.logs().count("job_finished") >= 3, what="the third job")
+        assert [r for r in bridge.github.requests if r[0] == "PATCH"] == edits
 
         bridge.coder.set_task_state(task["id"], status="active", state="complete")
-        bridge.deliver(delivery_id="cccccccc-0000-0000-0000-000000000003")
+        bridge.relabel("cccccccc-0000-0000-0000-000000000003")
         wait_for(lambda: len(bridge.coder.tasks) == 2, what="a second task")
         wait_for(lambda: len(bridge.comments()) == 2, what="a second comment")
         assert "#2 -->" in bridge.comments()[1]["body"]
@@ -226,7 +241,7 @@ def test_token_never_leaks_to_database_logs_or_comments(tmp_path: Path) -> None:
         bridge.wait_for_comment("/tasks/codertocat/")
         bridge.coder.revoke_token(token)  # also exercise the 401 path's logging
         bridge.coder.set_task_state(bridge.coder.tasks[0]["id"], status="error")
-        bridge.deliver(delivery_id="dddddddd-0000-0000-0000-000000000004")
+        bridge.relabel("dddddddd-0000-0000-0000-000000000004")
         bridge.wait_for_comment("rejected the token")
         assert bridge.stop() == 0
 

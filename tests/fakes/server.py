@@ -20,10 +20,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL."""
+def serve_in_thread(app: Any, port: int | None = None, *, http: Any = "auto") -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 until the block ends; yields its base URL. ``http`` is
+    uvicorn's HTTP protocol (a name, or a protocol class)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                            http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import Services, build_services, create_app
 from service.config import Config, load_config
+from service.errors import StoreError
 from service.http import InstrumentedTransport, classify_endpoint
 from tests.conftest import GITHUB_SECRET, eventually, fixture_bytes, github_headers
 from tests.e2e.harness import ENCRYPTION_KEY
@@ -120,7 +121,7 @@ async def test_readiness_flips_with_the_database_file_and_back(
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.json()
     assert ready.json()["checks"] == {name: {"status": "ok"}
-                                      for name in ("storage", "schema", "ingest", "worker")}
+                                      for name in ("storage", "schema", "worker")}
 
     db = tmp_path / "bridge.db"
     db.rename(tmp_path / "elsewhere.db")  # the volume went away
@@ -160,7 +161,7 @@ async def test_readiness_fails_when_the_worker_loop_stops_and_recovers(
     stopped = await client.get("/readyz")
     assert stopped.status_code == 503 and stopped.json()["failing"] == ["worker"]
 
-    services.worker.start()
+    await services.worker.start()
 
     async def ready() -> bool:
         return (await client.get("/readyz")).status_code == 200
@@ -168,16 +169,69 @@ async def test_readiness_fails_when_the_worker_loop_stops_and_recovers(
     await eventually(ready, "readiness to recover")
 
 
-async def test_readiness_fails_when_the_delivery_writer_stops(
+async def test_deliveries_are_answered_503_once_the_writer_has_stopped(
     bridge: tuple[Services, httpx.AsyncClient, Clock],
 ) -> None:
     services, client, _ = bridge
     assert services.committer is not None
     await services.committer.stop()
-    stopped = await client.get("/readyz")
-    assert stopped.status_code == 503 and stopped.json()["failing"] == ["ingest"]
-    assert "503" in stopped.json()["checks"]["ingest"]["error"]
-    assert (await deliver(client)).status_code == 503
+    refused = await deliver(client)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert refused.json()["error"] == "storage_unavailable"
+
+
+async def test_the_same_body_under_a_new_delivery_id_is_answered_duplicate(
+    bridge: tuple[Services, httpx.AsyncClient, Clock],
+) -> None:
+    _, client, _ = bridge
+    assert (await deliver(client)).json()["status"] == "accepted"
+    replay = await deliver(client, **{"X-GitHub-Delivery": "a-brand-new-id"})
+    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+
+
+async def test_a_failed_start_closes_the_store_and_the_http_client(
+    tmp_path: Path, fakes: tuple[FakeCoder, str, FakeGitHub, str],
+) -> None:
+    _, coder_url, _, github_url = fakes
+    services = await build_services(make_config(tmp_path, coder_url, github_url))
+    assert services.worker is not None
+
+    async def broken_start() -> None:
+        raise RuntimeError("cannot start")
+
+    services.worker.start = broken_start  # type: ignore[method-assign]
+    app = create_app(services)
+    with pytest.raises(RuntimeError, match="cannot start"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert services.http.is_closed
+    with pytest.raises(StoreError, match="closed"):
+        await services.store.ping()
+
+
+async def test_a_programming_error_fails_the_metrics_scrape_instead_of_hiding(
+    bridge: tuple[Services, httpx.AsyncClient, Clock],
+) -> None:
+    services, client, _ = bridge
+
+    async def broken_stats(*, now: float) -> tuple[int, float]:
+        raise TypeError("a bug")
+
+    services.store.queue_stats = broken_stats  # type: ignore[method-assign]
+    with pytest.raises(TypeError, match="a bug"):
+        await client.get("/metrics")
+
+
+async def test_metrics_keep_scraping_while_the_store_does_not_answer(
+    bridge: tuple[Services, httpx.AsyncClient, Clock],
+) -> None:
+    services, client, _ = bridge
+
+    async def down(*, now: float) -> tuple[int, float]:
+        raise StoreError("database is locked")
+
+    services.store.queue_stats = down  # type: ignore[method-assign]
+    assert (await client.get("/metrics")).status_code == 200
 
 
 async def test_metrics_parse_and_move_as_deliveries_flow(

@@ -153,7 +153,7 @@ def test_keys_rotate_lets_the_old_key_go(tmp_path: Path, coder: tuple[FakeCoder,
         [sys.executable, "-c", f"""
 import asyncio
 from service.store import open_store
-from service.store.vault import Vault
+from service.vault import Vault
 async def main():
     store = await open_store("sqlite:///{tmp_path / 'bridge.db'}")
     account = await store.find_account("github", "9")

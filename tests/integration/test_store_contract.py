@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import sqlite3
+import stat
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -25,9 +26,7 @@ import pytest
 from service.errors import StoreError
 from service.store import load_migrations, open_store, sqlite_path
 from service.store.base import Account, Identity, Job, NewDelivery, Store
-from service.store.sqlite import SQLiteStore, split_statements
-from service.store.sqlite_accept import ACCEPT_CHUNK
-from service.web.ingest import ProcessCommitter
+from service.store.sqlite import ACCEPT_CHUNK, SQLiteStore, split_statements
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -49,43 +48,11 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-class IngestWriterStore:
-    """An SQLite store whose ``accept`` goes through the ingest writer process, as the
-    webhook path stores deliveries (``ProcessCommitter``): the batch is submitted in
-    one event-loop iteration, so it is one frame and one transaction."""
-
-    def __init__(self, store: SQLiteStore, committer: ProcessCommitter) -> None:
-        self._store, self._committer = store, committer
-
-    async def accept(self, deliveries: Sequence[NewDelivery]) -> list[bool]:
-        return list(await asyncio.gather(*(self._committer.submit(d) for d in deliveries)))
-
-    async def close(self) -> None:
-        await self._committer.stop()
-        await self._store.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-async def open_ingest_writer_store(url: str) -> Store:
-    store = await open_store(url)
-    assert isinstance(store, SQLiteStore)
-    database = store.ingest_database()
-    assert database is not None
-    committer = ProcessCommitter(database, max_batch=1_000_000)  # never split a batch
-    await committer.start()
-    return cast(Store, IngestWriterStore(store, committer))
-
-
-@pytest.fixture(params=["sqlite", "sqlite-ingest-writer", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/data/bridge.db"
         yield Backend("sqlite", lambda: open_store(url), "sqlite")
-    elif request.param == "sqlite-ingest-writer":
-        url = f"sqlite:///{tmp_path}/data/bridge.db"
-        yield Backend("sqlite-ingest-writer", lambda: open_ingest_writer_store(url), "sqlite")
     elif request.param == "postgres":
         async with postgres_schema() as url:
             yield Backend("postgres", lambda: open_store(url), "postgres")
@@ -125,13 +92,17 @@ def delivery(
     tracker: str = "github",
     received_at: float = T0,
     event_json: str = '{"action": "labeled"}',
+    body: str | None = None,
 ) -> NewDelivery:
+    """A delivery; its body (hashed) differs from every other's unless ``body`` is given."""
+    delivery_id = delivery_id or f"d-{next(_ids)}"
     return NewDelivery(
         tracker=tracker,
-        delivery_id=delivery_id or f"d-{next(_ids)}",
+        delivery_id=delivery_id,
         issue_key=issue_key,
         event_json=event_json,
         received_at=received_at,
+        body_sha256=hashlib.sha256((body or f"body of {delivery_id}").encode()).hexdigest(),
     )
 
 
@@ -192,6 +163,22 @@ async def test_same_delivery_id_on_two_trackers_is_two_deliveries(store: Store) 
     github = delivery(delivery_id="same", tracker="github")
     linear = delivery(delivery_id="same", tracker="linear", issue_key="linear:ENG-1")
     assert await store.accept([github, linear]) == [True, True]
+
+
+async def test_the_same_body_under_a_new_delivery_id_is_a_duplicate(store: Store) -> None:
+    original = delivery("github:acme/app#1", delivery_id="first", body="signed bytes")
+    replay = delivery("github:acme/app#1", delivery_id="replayed", body="signed bytes")
+    assert await store.accept([original]) == [True]
+    job = await claim_one(store)
+    await store.finish_job(job.id, "w1")  # long done: a replay is still a replay
+    assert await store.accept([replay]) == [False]
+    other_tracker = delivery("linear:1", delivery_id="replayed", tracker="linear",
+                             body="signed bytes")
+    assert await store.accept([other_tracker]) == [True]
+    in_one_batch = [delivery("i:2", body="twice"), delivery("i:2", body="twice")]
+    assert await store.accept(in_one_batch) == [True, False]
+    ids = [r.delivery_id for r in await store.list_deliveries(limit=10)]
+    assert "replayed" in ids and ids.count("replayed") == 1  # the Linear one only
 
 
 async def test_duplicate_inside_one_batch_first_wins(store: Store) -> None:
@@ -388,6 +375,51 @@ async def test_queue_stats_counts_live_jobs_and_ages_the_oldest_runnable(store: 
     assert await store.queue_stats(now=T0 + 1) == (1, 0.0)  # nothing due yet
 
 
+# -- workers -------------------------------------------------------------------------
+
+
+async def test_the_jobs_of_a_worker_that_stopped_beating_are_taken_back(store: Store) -> None:
+    await store.heartbeat("w1", now=T0, stale_after=10)
+    await store.accept([first := delivery("i:1"), second := delivery("i:2")])
+    held = await store.claim("w1", now=T0, lease_seconds=1e6, limit=2)  # a long lease
+    assert {j.delivery_id for j in held} == {first.delivery_id, second.delivery_id}
+    assert await store.heartbeat("w2", now=T0 + 9, stale_after=10) == 0  # w1 may be slow
+    assert await store.claim("w2", now=T0 + 9, lease_seconds=LEASE, limit=2) == []
+    assert await store.heartbeat("w2", now=T0 + 11, stale_after=10) == 2  # w1 is gone
+    taken = await store.claim("w2", now=T0 + 11, lease_seconds=LEASE, limit=2)
+    assert sorted(j.delivery_id for j in taken) == sorted(j.delivery_id for j in held)
+    assert all(j.attempts == 2 for j in taken)
+    await store.finish_job(held[0].id, "w1")  # the old holder can no longer finish it
+    assert (await job_status(store, held[0].delivery_id))[0] == "running"
+
+
+async def test_a_worker_that_keeps_beating_keeps_its_jobs(store: Store) -> None:
+    await store.accept([delivery("i:1")])
+    await store.heartbeat("w1", now=T0, stale_after=10)
+    job = await claim_one(store, "w1", now=T0)
+    for moment in (T0 + 8, T0 + 16, T0 + 24):
+        assert await store.heartbeat("w1", now=moment, stale_after=10) == 0
+        assert await store.heartbeat("w2", now=moment + 1, stale_after=10) == 0
+    assert await store.renew_lease(job.id, "w1", until=T0 + 100)
+    await store.unregister_worker("w1")  # a clean stop: nothing of it is left to take back
+    assert await store.heartbeat("w2", now=T0 + 1000, stale_after=10) == 0
+
+
+async def test_registering_takes_back_a_predecessors_jobs_only_where_one_process_serves(
+    store: Store, backend: Backend,
+) -> None:
+    await store.accept([delivery("i:1")])
+    assert await store.register_worker("before", now=T0) == 0
+    await claim_one(store, "before", now=T0)
+    taken = await store.register_worker("after", now=T0 + 1)
+    if backend.dialect == "sqlite":  # one process per database: "before" is gone
+        assert taken == 1
+        assert (await claim_one(store, "after", now=T0 + 1)).attempts == 2
+    else:  # replicas share the database: "before" may be alive
+        assert taken == 0
+        assert await store.claim("after", now=T0 + 1, lease_seconds=LEASE, limit=1) == []
+
+
 # -- deliveries ----------------------------------------------------------------------
 
 
@@ -408,8 +440,6 @@ async def test_requeue_delivery_enqueues_a_fresh_job_only_when_none_is_live(stor
 
 
 async def test_requeue_before_the_first_claim_leaves_every_delivery_queued(store: Store) -> None:
-    # SQLite gives deliveries their jobs at the next claim or requeue: a job made for the
-    # newest delivery first must not hide the older ones from the queue.
     first, second, third = (delivery(f"i:{n}", received_at=T0 + n) for n in range(3))
     for each in (first, second, third):
         await store.accept([each])
@@ -422,7 +452,6 @@ async def test_requeue_before_the_first_claim_leaves_every_delivery_queued(store
 
 
 async def test_a_backlog_is_claimed_whole_in_arrival_order(store: Store) -> None:
-    # SQLite makes the jobs of at most 1,000 deliveries per claim; the rest follow.
     backlog = [delivery(f"i:{n}", received_at=T0 + n / 1000) for n in range(2500)]
     await store.accept(backlog)
     assert (await store.queue_stats(now=T0 + 10))[0] == 2500
@@ -755,29 +784,36 @@ async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
         raw.close()
 
 
-async def test_upgrading_sqlite_to_jobs_made_at_claim_skips_and_doubles_nothing(
+async def test_upgrading_sqlite_from_jobs_made_at_claim_runs_each_delivery_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Version 2 enqueued each delivery's job with it (a trigger); version 3 makes the
-    # jobs at the next claim. Deliveries stored on either side run exactly once.
+    # Version 3 made a delivery's job at the next claim; version 4 makes it with the
+    # delivery again. Deliveries stored on either side run exactly once.
     import service.store.sqlite as sqlite_module
 
-    older = [m for m in load_migrations("sqlite") if m.version <= 2]
+    older = [m for m in load_migrations("sqlite") if m.version <= 3]
     monkeypatch.setattr(sqlite_module, "load_migrations", lambda dialect: older)
     store = await SQLiteStore.open(tmp_path / "bridge.db")
     try:
-        assert await store.migrate() == [1, 2]
-        before = [delivery(f"i:{n}", received_at=T0 + n) for n in range(3)]
-        await store.accept(before)
-        done = await claim_one(store, now=T0)
-        await store.finish_job(done.id, "w1")
-        monkeypatch.undo()
-        assert await store.migrate() == [3]
-        after = [delivery(f"i:{n}", received_at=T0 + n) for n in range(3, 5)]
+        assert await store.migrate() == [1, 2, 3]
+    finally:
+        await store.close()
+    raw = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    for n in range(3):  # as version 3 stored them: no job yet
+        raw.execute("INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, "
+                    "received_at) VALUES ('github', ?, ?, '{}', ?)", (f"old-{n}", f"i:{n}", T0 + n))
+    raw.execute("INSERT INTO jobs (delivery_ref, issue_key, status, run_at, created_at, "
+                "updated_at) VALUES (1, 'i:0', 'done', ?, ?, ?)", (T0, T0, T0))  # ran already
+    raw.close()
+    monkeypatch.undo()
+    store = await SQLiteStore.open(tmp_path / "bridge.db")
+    try:
+        assert await store.migrate() == [4]
+        after = [delivery(f"i:{n}", delivery_id=f"new-{n}", received_at=T0 + n) for n in (3, 4)]
         await store.accept(after)
         assert await store.queue_stats(now=T0 + 9) == (4, 8.0)
         jobs = await store.claim("w1", now=T0 + 9, lease_seconds=LEASE, limit=10)
-        assert [j.delivery_id for j in jobs] == [d.delivery_id for d in [*before[1:], *after]]
+        assert [j.delivery_id for j in jobs] == ["old-1", "old-2", "new-3", "new-4"]
         assert await store.claim("w2", now=T0 + 9, lease_seconds=LEASE, limit=10) == []
     finally:
         await store.close()
@@ -787,6 +823,20 @@ async def test_upgrading_sqlite_to_jobs_made_at_claim_skips_and_doubles_nothing(
         assert per_delivery == [(1,)] * 5  # one job each
     finally:
         raw.close()
+
+
+async def test_a_new_sqlite_database_is_private_to_the_bridges_user(tmp_path: Path) -> None:
+    path = tmp_path / "fresh" / "data" / "bridge.db"
+    opened = await SQLiteStore.open(path)
+    try:
+        await opened.migrate()
+        await opened.accept([delivery()])
+    finally:
+        await opened.close()
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for file in path.parent.iterdir():  # the database and its -wal / -shm files
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
 
 
 def test_split_statements_keeps_trigger_bodies_and_strings_whole() -> None:

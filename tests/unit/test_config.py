@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import InvalidConfig, Secret, load_config, resolve_config_path
+from service.config import Secret, load_config, resolve_config_path
+from service.errors import InvalidConfig
 from tests.conftest import REPO
 
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -174,3 +175,37 @@ def test_development_defaults_when_no_file() -> None:
     assert config.is_development_default
     assert config.storage.url == "sqlite:///./data/coder-bridge.db"
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+
+
+def test_numbers_of_seconds_may_come_from_the_environment_as_integers_do(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[security]
+encryption_keys = ["{KEY}"]
+[coder]
+url = "https://coder.example.com"
+timeout = "env:CODER_TIMEOUT"
+[worker]
+concurrency = "env:CONCURRENCY"
+lease_seconds = "env:LEASE"
+""")
+    config = load_config(path, {"CODER_TIMEOUT": "12.5", "CONCURRENCY": "3", "LEASE": "90"})
+    assert (config.coder.timeout, config.worker.concurrency, config.worker.lease_seconds) == (
+        12.5, 3, 90.0)
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path, {"CODER_TIMEOUT": "soon", "CONCURRENCY": "3", "LEASE": "nan"})
+    keys = {problem.key for problem in caught.value.problems}
+    assert keys == {"coder.timeout", "worker.lease_seconds"}
+
+
+def test_acting_user_choices_are_plain_words_not_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[security]
+encryption_keys = ["{KEY}"]
+[coder]
+url = "https://coder.example.com"
+[delegation]
+acting_user = ["author", "labeler"]
+""")
+    assert load_config(path, {}).delegation.acting_user == ("author", "labeler")

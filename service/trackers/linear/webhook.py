@@ -12,12 +12,11 @@ Policy decisions:
   checked first, against every configured secret (rotation).
 - Freshness: the body's ``webhookTimestamp`` (UNIX milliseconds) must be within
   ``FRESHNESS_WINDOW_SECONDS`` (60 s) of ``now`` in either direction, as Linear
-  recommends and its SDK enforces; otherwise ``SignatureError`` (a stale or
-  future delivery is treated like a bad signature: it may be a replay). Only
-  when the body has no ``webhookTimestamp`` is the ``Linear-Timestamp`` header
-  (also milliseconds) used, as the SDK does; with neither, the delivery is
-  malformed. The timestamp is read from the body only after the signature
-  matched, so it is covered by the signature.
+  recommends; otherwise ``SignatureError`` (a stale or future delivery is treated
+  like a bad signature: it may be a replay). It is read from the body only after
+  the signature matched, so it is covered by the signature. The
+  ``Linear-Timestamp`` header is not signed and never counts: a body without a
+  ``webhookTimestamp`` is refused the same way.
 - The entity type comes from the body's ``type`` (the ``Linear-Event`` header
   says the same and is not required).
 - Only ``Issue`` deliveries can trigger: ``create`` when the new issue carries
@@ -41,7 +40,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
 
 from service.core.events import Decision, Ignored, IssueEvent, Person, Trigger
 from service.errors import MalformedPayload, SignatureError
@@ -62,13 +60,11 @@ from service.trackers.signing import signature_matches
 SIGNATURE_HEADER = "linear-signature"
 DELIVERY_HEADER = "linear-delivery"
 EVENT_HEADER = "linear-event"
-TIMESTAMP_HEADER = "linear-timestamp"
 FRESHNESS_WINDOW_SECONDS = 60.0
 
 _SIGNATURE_RE = re.compile(r"[0-9a-fA-F]{64}")
 _MAX_DELIVERY_ID = 128
 
-T = TypeVar("T")
 Handler = Callable[["_Delivery"], Decision]
 
 # Entity types a workspace webhook may send besides ``Issue``; answered 200, no work.
@@ -105,6 +101,18 @@ IGNORED_ISSUE_ACTIONS = frozenset({"remove", "restore"})
 # Signature and freshness
 
 
+def signature_header(headers: Mapping[str, str]) -> str:
+    """The hex digest of ``Linear-Signature``; ``SignatureError`` when the header is
+    missing or not 64 hex digits. Needs no body: the web layer calls it before
+    reading one."""
+    value = _header(headers, SIGNATURE_HEADER)
+    if value is None:
+        raise SignatureError("missing Linear-Signature header")
+    if _SIGNATURE_RE.fullmatch(value.strip()) is None:
+        raise SignatureError("malformed Linear-Signature header (expected 64 hex digits)")
+    return value.strip()
+
+
 def verify_linear_signature(
     headers: Mapping[str, str], body: bytes, secrets: Sequence[str]
 ) -> None:
@@ -112,33 +120,25 @@ def verify_linear_signature(
 
     ``headers`` may use any casing (a plain dict or Starlette ``Headers``); the
     hex digest may be upper or lower case. Every configured (non-empty) secret
-    is compared with ``hmac.compare_digest``, so a rotation works by listing
-    both secrets. Raises ``SignatureError`` when no secret is configured, the
-    header is missing or not 64 hex digits, or no secret matches. Returns ``None``.
+    is compared in constant time, so a rotation works by listing both secrets.
+    Raises ``SignatureError`` when no secret is configured, the header is missing
+    or not 64 hex digits, or no secret matches. Returns ``None``.
     """
     usable = [secret for secret in secrets if secret]
     if not usable:
         raise SignatureError("no Linear webhook secret is configured")
-    value = _header(headers, SIGNATURE_HEADER)
-    if value is None:
-        raise SignatureError("missing Linear-Signature header")
-    if _SIGNATURE_RE.fullmatch(value.strip()) is None:
-        raise SignatureError("malformed Linear-Signature header (expected 64 hex digits)")
-    if not signature_matches(body, value.strip(), usable):
+    if not signature_matches(body, signature_header(headers), usable):
         raise SignatureError("Linear-Signature matches no configured secret")
 
 
-def check_linear_freshness(
-    headers: Mapping[str, str], payload: Payload, *, now: float
-) -> None:
+def check_linear_freshness(payload: Payload, *, now: float) -> None:
     """Refuse a delivery sent more than 60 s before or after ``now`` (UNIX seconds).
 
-    The send time is the body's ``webhookTimestamp`` (UNIX ms); only if that key
-    is absent, the ``Linear-Timestamp`` header (UNIX ms). Exactly 60 s off is
-    still accepted. Raises ``SignatureError`` when outside the window and
-    ``MalformedPayload`` when there is no usable timestamp.
+    The send time is the body's signed ``webhookTimestamp`` (UNIX ms); exactly 60 s
+    off is still accepted. Raises ``SignatureError`` when it is outside the window
+    or absent, and ``MalformedPayload`` when it is not a finite number.
     """
-    sent_ms = _sent_at_ms(headers, payload)
+    sent_ms = _sent_at_ms(payload)
     skew = sent_ms / 1000.0 - now
     if abs(skew) > FRESHNESS_WINDOW_SECONDS:
         when = "old" if skew < 0 else "in the future"
@@ -148,21 +148,14 @@ def check_linear_freshness(
         )
 
 
-def _sent_at_ms(headers: Mapping[str, str], payload: Payload) -> float:
-    """The send time in UNIX ms from the body, else from the header; finite or malformed."""
-    if "webhookTimestamp" in payload:
-        value = payload["webhookTimestamp"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MalformedPayload(f"webhookTimestamp is a JSON {_json_type(value)}, not a number")
-        number = float(value)
-    else:
-        text = _header(headers, TIMESTAMP_HEADER)
-        if text is None:
-            raise MalformedPayload("no webhookTimestamp in the body and no Linear-Timestamp header")
-        try:
-            number = float(text.strip())
-        except ValueError:
-            raise MalformedPayload("Linear-Timestamp header is not a number") from None
+def _sent_at_ms(payload: Payload) -> float:
+    """The signed send time in UNIX ms from the body; finite, or refused."""
+    if "webhookTimestamp" not in payload:
+        raise SignatureError("the body has no webhookTimestamp, so it may be a replay")
+    value = payload["webhookTimestamp"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedPayload(f"webhookTimestamp is a JSON {_json_type(value)}, not a number")
+    number = float(value)
     if not math.isfinite(number):
         raise MalformedPayload("delivery timestamp is not a finite number")
     return number
@@ -201,7 +194,7 @@ def parse_linear_delivery(
     """
     verify_linear_signature(headers, body, secrets)
     payload = decode_linear_body(body)
-    check_linear_freshness(headers, payload, now=now)
+    check_linear_freshness(payload, now=now)
     delivery = _Delivery(
         delivery_id=_delivery_id(headers), payload=payload, trigger_label=trigger_label
     )
@@ -387,27 +380,7 @@ def _extra(payload: Payload, team: Payload | None, label_id: str) -> dict[str, s
 
 
 # ---------------------------------------------------------------------------
-# Small typed accessors: every failure is a MalformedPayload naming the field.
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------
 # Headers
-
-
 
 
 def _delivery_id(headers: Mapping[str, str]) -> str:
@@ -426,5 +399,6 @@ __all__ = [
     "check_linear_freshness",
     "decode_linear_body",
     "parse_linear_delivery",
+    "signature_header",
     "verify_linear_signature",
 ]

@@ -20,12 +20,15 @@ import binascii
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.errors import VaultError
-from service.store.base import Store
+
+if TYPE_CHECKING:  # the vault itself needs no storage: config checks keys with it
+    from service.store.base import Store
 
 __all__ = ["KEY_BYTES", "Vault", "generate_key", "key_id_of", "parse_key", "rotate"]
 
@@ -49,8 +52,8 @@ def parse_key(text: str) -> bytes:
         key = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise VaultError(
-            "an encryption key is not valid base64 (generate one with "
-            "`python -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'`)"
+            f"an encryption key must be standard base64 of {KEY_BYTES} bytes (generate one "
+            "with `python -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'`)"
         ) from None
     if len(key) != KEY_BYTES:
         raise VaultError(
@@ -87,20 +90,6 @@ class Vault:
             ciphers.setdefault(key_id_of(key), AESGCM(key))
         self._ciphers = ciphers
         self._primary = key_id_of(keys[0])
-
-    @classmethod
-    def from_base64(cls, texts: Sequence[str]) -> Vault:
-        """A vault of configured keys (base64 text, primary first); see ``parse_key``.
-
-        Raises ``VaultError`` naming the position of a bad key, never its text.
-        """
-        keys: list[bytes] = []
-        for position, text in enumerate(texts):
-            try:
-                keys.append(parse_key(text))
-            except VaultError as exc:
-                raise VaultError(f"encryption key #{position + 1}: {exc}") from None
-        return cls(keys)
 
     def __repr__(self) -> str:
         return f"Vault(primary={self._primary!r}, key_ids={list(self._ciphers)!r})"

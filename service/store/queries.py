@@ -1,0 +1,172 @@
+"""SQL shared by the SQLite and PostgreSQL backends, written once where the dialects agree.
+
+Statements use PostgreSQL's numbered parameters (``$1``); ``for_sqlite`` turns them
+into SQLite's (``?1``), which bind the same positional values. Where the dialects
+differ (storing a batch, claiming jobs, migrations) each backend keeps its own SQL.
+Column orders match the row mappers in ``service.store``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBERED = re.compile(r"\$(\d+)")
+
+
+def for_sqlite(sql: str) -> str:
+    """``sql`` with ``$N`` parameters written as SQLite's ``?N``."""
+    return _NUMBERED.sub(r"?\1", sql)
+
+
+# -- jobs: each transition changes a job only while `owner` ($2) holds it (running) ----
+RENEW_LEASE = """
+UPDATE jobs SET lease_until = $3, updated_at = $4
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+FINISH_JOB = """
+UPDATE jobs SET status = 'done', updated_at = $3
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+RETRY_JOB = """
+UPDATE jobs SET status = 'queued', run_at = $3, last_error = $4,
+    lease_owner = NULL, lease_until = NULL, updated_at = $5
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+FAIL_JOB = """
+UPDATE jobs SET status = 'failed', last_error = $3, updated_at = $4
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+# $4: the new run_at, or NULL to keep it. The attempt is given back (never below 0).
+RELEASE_JOB = """
+UPDATE jobs SET status = 'queued',
+    attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+    run_at = coalesce($4, run_at), lease_owner = NULL, lease_until = NULL, updated_at = $3
+WHERE id = $1 AND status = 'running' AND lease_owner = $2
+"""
+QUEUE_STATS = """
+SELECT
+    (SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')),
+    (SELECT min(oldest) FROM (
+        SELECT min(run_at) AS oldest FROM jobs WHERE status = 'queued' AND run_at <= $1
+        UNION ALL
+        SELECT min(run_at) FROM jobs WHERE status = 'running' AND lease_until < $1) AS due)
+"""
+
+# -- workers ---------------------------------------------------------------------------
+UPSERT_WORKER = """
+INSERT INTO workers (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+"""
+# Jobs of workers other than $1 whose heartbeat is older than $2 go back to the queue,
+# to run at $3; then those workers are forgotten.
+REQUEUE_JOBS_OF_STALE_WORKERS = """
+UPDATE jobs SET status = 'queued', run_at = $3, lease_owner = NULL, lease_until = NULL,
+    updated_at = $3
+WHERE status = 'running'
+  AND lease_owner IN (SELECT id FROM workers WHERE id <> $1 AND heartbeat_at < $2)
+"""
+DELETE_STALE_WORKERS = "DELETE FROM workers WHERE id <> $1 AND heartbeat_at < $2"
+DELETE_WORKER = "DELETE FROM workers WHERE id = $1"
+
+# -- deliveries ------------------------------------------------------------------------
+# Each delivery with its newest job and the issue's newest delegation, newest first.
+LIST_DELIVERIES = """
+SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
+       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
+FROM deliveries AS d
+LEFT JOIN jobs AS j
+    ON j.id = (SELECT max(x.id) FROM jobs AS x WHERE x.delivery_ref = d.id)
+LEFT JOIN delegations AS g
+    ON g.id = (SELECT y.id FROM delegations AS y WHERE y.issue_key = d.issue_key
+               ORDER BY y.generation DESC LIMIT 1)
+ORDER BY d.id DESC
+LIMIT $1
+"""
+# A fresh job for the newest delivery with this id unless one of its jobs is live; a
+# concurrent requeue of the same delivery meets jobs_one_active_per_delivery and adds
+# nothing.
+REQUEUE_DELIVERY = """
+INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
+SELECT d.id, d.issue_key, $2, $2, $2 FROM deliveries AS d
+WHERE d.id = (SELECT max(id) FROM deliveries WHERE delivery_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_ref = d.id
+                  AND status IN ('queued', 'running'))
+ON CONFLICT DO NOTHING
+"""
+
+# -- delegations -----------------------------------------------------------------------
+_DELEGATION_SELECT = """
+SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
+    task_name, task_url, comment_id, attempts, last_error, created_at, updated_at, comment_sha256
+FROM delegations
+"""
+CURRENT_DELEGATION = _DELEGATION_SELECT + " WHERE issue_key = $1 ORDER BY generation DESC LIMIT 1"
+GET_DELEGATION = _DELEGATION_SELECT + " WHERE issue_key = $1 AND generation = $2"
+INSERT_DELEGATION = """
+INSERT INTO delegations
+    (issue_key, generation, tracker, delivery_id, state, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'pending', $5, $5)
+ON CONFLICT (issue_key, generation) DO NOTHING
+"""
+SAVE_DELEGATION = """
+UPDATE delegations
+SET state = $2, account_id = $3, task_kind = $4, task_id = $5, task_name = $6,
+    task_url = $7, comment_id = $8, attempts = $9, last_error = $10, updated_at = $11,
+    comment_sha256 = $12
+WHERE id = $1
+"""
+
+# -- accounts --------------------------------------------------------------------------
+_ACCOUNT_COLUMNS = """
+a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status, a.last_used_at
+"""
+UPSERT_ACCOUNT = """
+INSERT INTO accounts
+    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'valid', $5, $5)
+ON CONFLICT (coder_user_id) DO UPDATE
+SET coder_username = excluded.coder_username, key_id = excluded.key_id,
+    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
+RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at
+"""
+UPSERT_IDENTITY = """
+INSERT INTO identities (provider, external_id, login, account_id, linked_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (provider, external_id) DO UPDATE
+SET account_id = excluded.account_id, linked_at = excluded.linked_at,
+    login = CASE WHEN excluded.login <> '' THEN excluded.login ELSE identities.login END
+"""
+DELETE_ORPHAN_ACCOUNTS_EXCEPT = """
+DELETE FROM accounts
+WHERE id <> $1 AND NOT EXISTS (SELECT 1 FROM identities AS i WHERE i.account_id = accounts.id)
+"""
+FIND_ACCOUNT = ("SELECT" + _ACCOUNT_COLUMNS
+                + "FROM identities AS i JOIN accounts AS a ON a.id = i.account_id"
+                + " WHERE i.provider = $1 AND i.external_id = $2")
+GET_ACCOUNT = "SELECT" + _ACCOUNT_COLUMNS + "FROM accounts AS a WHERE a.id = $1"
+LIST_ACCOUNTS = ("SELECT" + _ACCOUNT_COLUMNS + ", i.provider, i.external_id, i.login"
+                 + " FROM accounts AS a LEFT JOIN identities AS i ON i.account_id = a.id"
+                 + " ORDER BY a.coder_username, a.id, i.provider, i.external_id")
+DELETE_IDENTITY = """
+DELETE FROM identities WHERE provider = $1 AND external_id = $2 RETURNING account_id
+"""
+DELETE_ACCOUNT_IF_ORPHAN = """
+DELETE FROM accounts
+WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM identities WHERE account_id = $1)
+"""
+DELETE_IDENTITIES_OF_USERNAME = """
+DELETE FROM identities
+WHERE account_id IN (SELECT id FROM accounts WHERE coder_username = $1)
+"""
+DELETE_ACCOUNTS_OF_USERNAME = "DELETE FROM accounts WHERE coder_username = $1"
+SET_ACCOUNT_INVALID = """
+UPDATE accounts SET token_status = 'invalid', updated_at = $2 WHERE id = $1 AND ciphertext = $3
+"""
+SET_ACCOUNT_USED = """
+UPDATE accounts SET last_used_at = $2
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)
+"""
+REPLACE_CIPHERTEXT = """
+UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
+WHERE id = $1 AND ciphertext = $2
+"""
