@@ -9,7 +9,6 @@ Layers switch on the class, never on the message text::
     ├── WebhookError           an inbound delivery is unacceptable; carries the HTTP status
     │   ├── SignatureError     401: missing or wrong signature, stale timestamp
     │   ├── MalformedPayload   400: not JSON, or JSON without the fields we need
-    │   ├── BodyTimeout        408: the body did not arrive in time
     │   ├── PayloadTooLarge    413: body over ``server.max_body_bytes``
     │   └── ServerBusy         503: too many bodies being received at once
     ├── VaultError             a stored token cannot be encrypted or decrypted
@@ -75,13 +74,6 @@ class MalformedPayload(WebhookError):
 
     status = 400
     reason = "malformed"
-
-
-class BodyTimeout(WebhookError):
-    """The body did not arrive within the deadline (a slow or stalled client)."""
-
-    status = 408
-    reason = "timeout"
 
 
 class PayloadTooLarge(WebhookError):

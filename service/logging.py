@@ -26,20 +26,29 @@ _SENSITIVE_KEY = re.compile(
     r"encryption[_-]?keys?|credential|verifier|session",
     re.IGNORECASE,
 )
+# Each secret shape with a substring it cannot match without: the patterns run only
+# where that is present (this runs on every string of every line, and a line is
+# written for every delivery).
 _SECRET_SHAPES = (
-    re.compile(r"\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b"),  # Coder API token
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}"),  # GitHub
-    re.compile(r"\blin_(?:api|oauth)_[A-Za-z0-9]{20,}"),  # Linear
-    re.compile(r"(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}"),  # Authorization values
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    ("-", re.compile(r"\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b")),  # Coder API token
+    ("_", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}")),  # GitHub
+    ("lin_", re.compile(r"\blin_(?:api|oauth)_[A-Za-z0-9]{20,}")),  # Linear
+    ("", re.compile(r"(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}")),  # Authorization values
+    ("PRIVATE KEY",
+     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
 )
+_SHORTEST_SECRET = 12
 _NEVER_SECRET = frozenset({"event", "logger", "level", "timestamp"})
 
 
 def redact_text(text: str) -> str:
     """``text`` with every token-shaped substring replaced by ``[redacted]``."""
-    for pattern in _SECRET_SHAPES:
-        text = pattern.sub(REDACTED, text)
+    if len(text) < _SHORTEST_SECRET:
+        return text
+    lowered = text.lower()
+    for hint, pattern in _SECRET_SHAPES:
+        if hint in text or (not hint and ("bearer" in lowered or "token" in lowered)):
+            text = pattern.sub(REDACTED, text)
     return text
 
 

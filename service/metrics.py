@@ -64,8 +64,8 @@ TOKENS_INVALID = Counter(
 )
 CONNECTIONS_CLOSED = Counter(
     "coder_bridge_connections_closed_total",
-    "Connections closed by the bridge before a request: headers too slow (header_timeout), "
-    "room made for a new connection (evicted), or refused at the limit (limit).",
+    "Connections closed by the bridge before their request was complete: too slow "
+    "(timeout), room made for a new connection (evicted), or refused at the limit (limit).",
     ["reason"],
     registry=REGISTRY,
 )

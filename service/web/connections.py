@@ -1,20 +1,22 @@
 """Connection limits in front of the HTTP parser: a flood of idle or slow connections
 cannot take the file descriptors or the attention that real deliveries need.
 
-uvicorn keeps a connection whose request headers never finish open for ever, and
-accepts connections without bound. ``guarded_protocol`` makes a subclass of its
-httptools protocol (passed as ``uvicorn.Config(http=...)``) that:
+uvicorn keeps a connection whose request never finishes open for ever, and accepts
+connections without bound. ``guarded_protocol`` makes a subclass of its httptools
+protocol (passed as ``uvicorn.Config(http=...)``) that:
 
-* closes a connection whose request headers are not complete within
-  ``header_timeout`` seconds of its first byte (or of the connection, for one
-  that sends nothing);
+* closes a connection whose request (headers and body) is not complete within
+  ``request_timeout`` seconds of its first byte (or of the connection, for one that
+  sends nothing); the application sees the client leave;
 * holds at most ``max_connections`` connections: a new one over the limit makes
-  room by closing the connection that has waited longest for its headers (a
-  slow or idle client), and is refused only when every connection is busy with a
-  request. A real delivery sends its headers at once, so it never waits long.
+  room by closing the connection that has waited longest for its request (a slow
+  or idle client), and is refused only when every connection is busy being
+  answered. A real delivery sends its request at once, so it never waits long.
 
-Only asyncio's protocol methods and httptools' parser callbacks are overridden,
-each calling uvicorn's own.
+One timer per server sweeps the waiting connections every ``SWEEP_SECONDS``, so a
+request costs two dictionary operations, not a timer of its own. Only asyncio's
+protocol methods and httptools' parser callbacks are overridden, each calling
+uvicorn's own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service import metrics
 
-HEADER_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+SWEEP_SECONDS = 0.5
 
 
 def default_max_connections() -> int:
@@ -40,15 +43,17 @@ def default_max_connections() -> int:
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header timeout and a connection limit.
+    """uvicorn's httptools protocol with a request deadline and a connection limit.
 
     Use ``guarded_protocol`` to get a subclass with its own limits and bookkeeping.
     """
 
     max_connections: ClassVar[int] = 1024
-    header_timeout: ClassVar[float] = HEADER_TIMEOUT_SECONDS
-    #: Connections waiting for request headers, oldest first, with their timers.
-    waiting: ClassVar[dict[GuardedHttpProtocol, asyncio.TimerHandle]] = {}
+    request_timeout: ClassVar[float] = REQUEST_TIMEOUT_SECONDS
+    #: Connections waiting for (the rest of) a request, oldest first, with the loop
+    #: time their wait began.
+    waiting: ClassVar[dict[GuardedHttpProtocol, float]] = {}
+    sweeper: ClassVar[asyncio.TimerHandle | None] = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -56,39 +61,45 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             metrics.CONNECTIONS_CLOSED.labels("limit").inc()
             self._close()
             return
-        self._await_headers()
+        self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_waiting()
+        self.waiting.pop(self, None)
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._await_headers()
+        self._await_request()
 
-    def on_headers_complete(self) -> None:
-        self._stop_waiting()
-        super().on_headers_complete()
-
-    def _await_headers(self) -> None:
-        if self not in self.waiting:
-            self.waiting[self] = self.loop.call_later(self.header_timeout, self._too_slow)
-
-    def _stop_waiting(self) -> None:
-        timer = self.waiting.pop(self, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _too_slow(self) -> None:
+    def on_message_complete(self) -> None:
         self.waiting.pop(self, None)
-        metrics.CONNECTIONS_CLOSED.labels("header_timeout").inc()
-        self._close()
+        super().on_message_complete()
+
+    def _await_request(self) -> None:
+        if self not in self.waiting:
+            self.waiting[self] = self.loop.time()
+        cls = type(self)
+        if cls.sweeper is None:
+            cls.sweeper = self.loop.call_later(SWEEP_SECONDS, cls._sweep, self.loop)
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        """Close every connection that has waited longer than the deadline; sweep again
+        while any waits."""
+        cutoff = loop.time() - cls.request_timeout
+        for connection, since in list(cls.waiting.items()):
+            if since > cutoff:
+                break  # the rest began waiting later
+            del cls.waiting[connection]
+            metrics.CONNECTIONS_CLOSED.labels("timeout").inc()
+            connection._close()
+        cls.sweeper = loop.call_later(SWEEP_SECONDS, cls._sweep, loop) if cls.waiting else None
 
     def _evict_one(self) -> bool:
-        """Close the connection that has waited longest for its headers; False if none."""
+        """Close the connection that has waited longest for its request; False if none."""
         for other in self.waiting:
             if other is not self:
-                other._stop_waiting()
+                del self.waiting[other]
                 metrics.CONNECTIONS_CLOSED.labels("evicted").inc()
                 other._close()
                 return True
@@ -103,12 +114,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    *, max_connections: int | None = None, header_timeout: float = HEADER_TIMEOUT_SECONDS
+    *, max_connections: int | None = None, request_timeout: float = REQUEST_TIMEOUT_SECONDS
 ) -> type[GuardedHttpProtocol]:
     """A ``GuardedHttpProtocol`` subclass with these limits and its own bookkeeping."""
     attributes: dict[str, Any] = {
         "max_connections": max_connections or default_max_connections(),
-        "header_timeout": header_timeout,
+        "request_timeout": request_timeout,
         "waiting": {},
+        "sweeper": None,
     }
     return type("BridgeHttpProtocol", (GuardedHttpProtocol,), attributes)

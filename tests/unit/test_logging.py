@@ -47,6 +47,14 @@ class Stream(io.TextIOWrapper):
 GITHUB_TOKEN = "ghp_" + "x" * 36
 
 
+@pytest.mark.parametrize("secret", [
+    "github_pat_" + "A1b2" * 10, "ghs_" + "x" * 36, "lin_api_" + "k" * 40,
+    "lin_oauth_" + "k" * 40, "abcde12345-AbCdEfGhIjKlMnOpQrStUv",
+])
+def test_every_token_shape_is_redacted_wherever_it_appears(secret: str) -> None:
+    assert redact_text(f"failed with {secret}.") == "failed with [redacted]."
+
+
 def test_token_shapes_are_redacted_in_text() -> None:
     text = f"token {CODER_TOKEN} and {GITHUB_TOKEN} and Authorization: Bearer eyJhbGciOi.abc.def"
     redacted = redact_text(text)

@@ -20,7 +20,6 @@ from structlog.testing import capture_logs
 from service.core.events import Decision, IssueEvent, Person, Ping, Trigger
 from service.errors import MalformedPayload, SignatureError, StoreError
 from service.store.base import NewDelivery
-from service.web import webhooks
 from service.web.webhooks import Intake, WebhookEndpoint
 
 LIMIT = 100
@@ -152,17 +151,6 @@ async def test_a_streamed_body_is_cut_off_as_soon_as_it_passes_the_limit() -> No
         app(accept_all, committer), scope())
     assert client.status == 413
     assert client.received == 2 and committer.submitted == []
-
-
-async def test_a_body_that_does_not_arrive_in_time_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(webhooks, "BODY_DEADLINE_SECONDS", 0.05)
-    committer = FakeCommitter()
-    client = await Client(body(b"{", more=True), stall=True).call(
-        app(accept_all, committer), scope())
-    assert client.status == 408 and client.json["error"] == "timeout"
-    assert client.header(b"connection") == b"close" and committer.submitted == []
 
 
 async def test_bodies_past_the_memory_budget_are_refused_with_retry_after() -> None:
