@@ -240,7 +240,7 @@ def create_app(services: Services) -> Starlette:
         webhooks = WebhookEndpoint(services.intakes, services.committer,
                                    max_body_bytes=config.server.max_body_bytes,
                                    clock=services.clock)
-        routes.append(Route("/webhooks/{tracker}", webhooks.handle, methods=["POST"]))
+        routes.append(Route("/webhooks/{tracker}", webhooks, methods=["POST"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -11,10 +11,11 @@ by the shapes of the tokens we handle wherever they appear in text.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import orjson
@@ -26,34 +27,46 @@ _SENSITIVE_KEY = re.compile(
     r"encryption[_-]?keys?|credential|verifier|session",
     re.IGNORECASE,
 )
-# Each secret shape with a substring it cannot match without: the patterns run only
-# where that is present (this runs on every string of every line, and a line is
-# written for every delivery).
-_SECRET_SHAPES = (
-    ("-", re.compile(r"\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b")),  # Coder API token
-    ("_", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}")),  # GitHub
-    ("lin_", re.compile(r"\blin_(?:api|oauth)_[A-Za-z0-9]{20,}")),  # Linear
-    ("", re.compile(r"(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}")),  # Authorization values
-    ("PRIVATE KEY",
+# Each secret shape with a cheap test of something it cannot match without: the
+# patterns run only where that is present (this runs on every string of every line,
+# and a line is written for every delivery).
+_SECRET_SHAPES: tuple[tuple[Callable[[str], bool], re.Pattern[str]], ...] = (
+    (lambda t: "-" in t,  # Coder API token
+     re.compile(r"\b[A-Za-z0-9]{10}-[A-Za-z0-9]{22}\b")),
+    (lambda t: "gh" in t or "_pat_" in t,  # GitHub tokens
+     re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}")),
+    (lambda t: "lin_" in t,  # Linear keys and OAuth tokens
+     re.compile(r"\blin_(?:api|oauth)_[A-Za-z0-9]{20,}")),
+    (lambda t: "earer" in t or "EARER" in t or "oken" in t or "OKEN" in t,  # Authorization
+     re.compile(r"(?i:bearer|token)\s+[A-Za-z0-9._~+/=-]{12,}")),
+    (lambda t: "PRIVATE KEY" in t,
      re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
 )
 _SHORTEST_SECRET = 12
-_NEVER_SECRET = frozenset({"event", "logger", "level", "timestamp"})
+_NEVER_SECRET = frozenset({"logger", "level", "timestamp"})
 
 
 def redact_text(text: str) -> str:
     """``text`` with every token-shaped substring replaced by ``[redacted]``."""
     if len(text) < _SHORTEST_SECRET:
         return text
-    lowered = text.lower()
-    for hint, pattern in _SECRET_SHAPES:
-        if hint in text or (not hint and ("bearer" in lowered or "token" in lowered)):
+    for needed, pattern in _SECRET_SHAPES:
+        if needed(text):
             text = pattern.sub(REDACTED, text)
     return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_sensitive_key(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
+
+
+# Event names are mostly constants ("webhook_accepted"): each is redacted once.
+_redact_event = functools.lru_cache(maxsize=1024)(redact_text)
+
+
 def _redact_value(key: str, value: Any) -> Any:
-    if _SENSITIVE_KEY.search(key) and value not in (None, "", [], {}):
+    if _is_sensitive_key(key) and value not in (None, "", [], {}):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
@@ -67,12 +80,12 @@ def _redact_value(key: str, value: Any) -> Any:
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask sensitive keys and token-shaped text in every entry
     (the event text and a formatted exception included)."""
-    for key, value in list(event_dict.items()):
-        if key in _NEVER_SECRET:
-            if key == "event" and isinstance(value, str):
-                event_dict[key] = redact_text(value)
-            continue
-        event_dict[key] = _redact_value(key, value)
+    for key, value in event_dict.items():
+        if key == "event":
+            if isinstance(value, str):
+                event_dict[key] = _redact_event(value) if len(value) < 100 else redact_text(value)
+        elif key not in _NEVER_SECRET:
+            event_dict[key] = _redact_value(key, value)
     return event_dict
 
 

@@ -33,6 +33,7 @@ import structlog
 from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service import metrics
 from service.core.events import Decision, Ignored, Ping
@@ -114,7 +115,12 @@ async def read_body(request: Request, *, limit: int, budget: BodyBudget) -> byte
 
 
 class WebhookEndpoint:
-    """The ``POST /webhooks/{tracker}`` route of every tracker."""
+    """The endpoint of the ``POST /webhooks/{tracker}`` route of every tracker.
+
+    An ASGI callable, so that Starlette's ``Route`` calls it as it is (its method
+    check answers 405 as for any route) without the per-request wrapper it puts
+    around plain functions: every delivery takes this path.
+    """
 
     def __init__(
         self, intakes: Mapping[str, Intake | None], committer: GroupCommitter, *,
@@ -127,6 +133,10 @@ class WebhookEndpoint:
         self.max_body_bytes = max_body_bytes
         self.budget = BodyBudget(max(4 * max_body_bytes, 8 * 1024 * 1024))
         self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
         """Answer one delivery; an unexpected error is logged and answered 500."""
@@ -212,7 +222,7 @@ class _NoAnswer(Response):
     def __init__(self) -> None:
         super().__init__(status_code=400)
 
-    async def __call__(self, scope: object, receive: object, send: object) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         return None
 
 

@@ -61,7 +61,7 @@ def app(parse: Any, committer: FakeCommitter, *, configured: bool = True) -> Sta
     endpoint = WebhookEndpoint({"github": intake, "linear": None},
                                committer,  # type: ignore[arg-type]
                                max_body_bytes=LIMIT, clock=lambda: 1234.5)
-    return Starlette(routes=[Route("/webhooks/{tracker}", endpoint.handle, methods=["POST"])])
+    return Starlette(routes=[Route("/webhooks/{tracker}", endpoint, methods=["POST"])])
 
 
 def scope(method: str = "POST", path: str = "/webhooks/github",
@@ -156,7 +156,7 @@ async def test_a_streamed_body_is_cut_off_as_soon_as_it_passes_the_limit() -> No
 async def test_bodies_past_the_memory_budget_are_refused_with_retry_after() -> None:
     committer = FakeCommitter()
     asgi = app(accept_all, committer)
-    endpoint = asgi.routes[0].endpoint.__self__  # type: ignore[attr-defined]
+    endpoint = asgi.routes[0].endpoint  # type: ignore[attr-defined]
     endpoint.budget.limit = 150  # as if other bodies in flight held the rest
     first = Client(body(b"x" * 80, more=True), stall=True)
     pending = asyncio.ensure_future(first.call(asgi, scope()))
