@@ -31,10 +31,6 @@ class IssueEvent(msgspec.Struct, frozen=True):
     it is the lock that keeps one issue's jobs from running at once.
     ``number`` is how people name the issue (``1`` on GitHub, ``ENG-123`` on Linear).
     ``scope`` is what routes match on: ``owner/repo`` on GitHub, the team key on Linear.
-
-    A msgspec struct rather than a dataclass: one is built for every triggering
-    delivery on the webhook path, and a frozen dataclass of these fields took about
-    3 us to construct against 0.4 us for the struct; the stored JSON is the same.
     """
 
     tracker: Tracker
