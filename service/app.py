@@ -28,7 +28,7 @@ from service.http import build_http_client
 from service.logging import get_logger
 from service.store import open_store
 from service.store.base import Store
-from service.trackers.base import IssueCommenter
+from service.trackers.base import IssueTracker
 from service.trackers.github import webhook as github_webhook
 from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
 from service.trackers.github.app_auth import AppAuth
@@ -39,6 +39,7 @@ from service.vault import Vault
 from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
 from service.web.webhooks import Intake, WebhookEndpoint
+from service.worker.context import WorkerContext
 from service.worker.delegator import Delegator
 from service.worker.loop import Worker
 
@@ -73,12 +74,12 @@ def load_vault(config: Config) -> Vault:
     return Vault([base64.b64decode(DEV_KEY_FILE.read_text().strip())])
 
 
-def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, IssueCommenter]:
+def build_trackers(config: Config, http: httpx.AsyncClient) -> dict[str, IssueTracker]:
     """One comment client per configured tracker.
 
     Raises ``InvalidConfig`` when the GitHub App private key cannot be used.
     """
-    commenters: dict[str, IssueCommenter] = {}
+    trackers: dict[str, IssueTracker] = {}
     github = config.github
     if github is not None:
         auth: GitHubAuth
@@ -93,12 +94,12 @@ def build_commenters(config: Config, http: httpx.AsyncClient) -> dict[str, Issue
         else:  # load_config requires one of the two
             raise InvalidConfig([ConfigError("github.token", "no GitHub credential")])
         limiter = ContentRateLimiter(github.content_windows)
-        commenters["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter,
+        trackers["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter,
                                             max_pacing_wait=MAX_PACING_WAIT_SECONDS)
     linear = config.linear
     if linear is not None and linear.api_key is not None:
-        commenters["linear"] = LinearClient(linear.api_url, linear.api_key.reveal(), http=http)
-    return commenters
+        trackers["linear"] = LinearClient(linear.api_url, linear.api_key.reveal(), http=http)
+    return trackers
 
 
 def build_intakes(
@@ -107,13 +108,15 @@ def build_intakes(
     """How each tracker's deliveries are checked and read; None where the tracker is not
     configured (its deliveries are answered 404)."""
     intakes: dict[str, Intake | None] = {"github": None, "linear": None}
+    command = config.delegation.command
     if config.github is not None:
         github = config.github
         github_secrets = [s.reveal() for s in github.webhook_secrets]
 
         def parse_github(headers: Mapping[str, str], body: bytes) -> Decision:
             return github_webhook.parse_github_delivery(
-                headers, body, secrets=github_secrets, trigger_label=github.trigger_label)
+                headers, body, secrets=github_secrets, trigger_label=github.trigger_label,
+                command=command)
 
         intakes["github"] = Intake(github_webhook.signature_header, parse_github)
     if config.linear is not None:
@@ -123,7 +126,7 @@ def build_intakes(
         def parse_linear(headers: Mapping[str, str], body: bytes) -> Decision:
             return linear_webhook.parse_linear_delivery(
                 headers, body, secrets=linear_secrets, trigger_label=linear.trigger_label,
-                now=clock())
+                now=clock(), command=command)
 
         intakes["linear"] = Intake(linear_webhook.signature_header, parse_linear)
     return intakes
@@ -177,7 +180,7 @@ class Services:
 
 async def build_services(
     config: Config, *, role: Role = "all", migrate: bool = True,
-    commenters: dict[str, IssueCommenter] | None = None,
+    trackers: dict[str, IssueTracker] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
     """Open the store (migrating unless told not to) and wire the web and worker halves.
@@ -192,7 +195,7 @@ async def build_services(
         vault = load_vault(config)
         http = build_http_client(remote_services(config), timeout=config.coder.timeout)
         return _wire(Services(config=config, store=store, vault=vault, http=http, role=role,
-                              clock=clock), commenters)
+                              clock=clock), trackers)
     except BaseException:
         if http is not None:
             await http.aclose()
@@ -200,17 +203,17 @@ async def build_services(
         raise
 
 
-def _wire(services: Services, commenters: dict[str, IssueCommenter] | None) -> Services:
+def _wire(services: Services, trackers: dict[str, IssueTracker] | None) -> Services:
     """Give ``services`` the worker and web halves its role asks for."""
     config, store, clock, http, role = (services.config, services.store, services.clock,
                                         services.http, services.role)
     if role in ("all", "worker"):
-        delegator = Delegator(
+        delegator = Delegator(WorkerContext(
             config=config, store=store, vault=services.vault,
             coder_backend=backend_factory(config.coder, http, ApiDetector()),
-            commenters=commenters if commenters is not None else build_commenters(config, http),
+            trackers=trackers if trackers is not None else build_trackers(config, http),
             clock=clock,
-        )
+        ))
         services.worker = Worker(store=store, delegator=delegator, config=config.worker,
                                  clock=clock)
     if role in ("all", "web"):

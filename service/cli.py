@@ -24,6 +24,9 @@ import uvicorn
 from service.coder.client import CoderClient
 from service.coder.detect import describe
 from service.config import Config, load_config, resolve_config_path
+from service.core.events import IssueEvent
+from service.core.prompt import issue_reference
+from service.core.work import STATE_FILTERS
 from service.errors import BridgeError, InvalidConfig, RemoteError, TokenRejected, UserError
 from service.logging import configure_logging, get_logger
 from service.store import open_store
@@ -82,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--github-id", type=_positive_int, metavar="N")
     target.add_argument("--linear-id", metavar="UUID")
     target.add_argument("--coder-user", metavar="NAME")
+    allow = users_sub.add_parser(
+        "allow-others", parents=[common],
+        help="whether others may delegate this person's issues to their Coder account")
+    whom = allow.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--github-id", type=_positive_int, metavar="N")
+    whom.add_argument("--linear-id", metavar="UUID")
+    whom.add_argument("--coder-user", metavar="NAME")
+    switch = allow.add_mutually_exclusive_group(required=True)
+    switch.add_argument("--on", dest="allow", action="store_true", default=None)
+    switch.add_argument("--off", dest="allow", action="store_false")
 
     keys = commands.add_parser("keys", parents=[common], help="encryption keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -96,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     retry = deliveries_sub.add_parser("retry", parents=[common],
                                       help="run a stored delivery again")
     retry.add_argument("delivery_id", metavar="ID")
+
+    delegations = commands.add_parser("delegations", parents=[common],
+                                      help="what the bridge did about each issue")
+    delegations_sub = delegations.add_subparsers(dest="delegations_command", required=True,
+                                                 metavar="ACTION")
+    shown = delegations_sub.add_parser("list", parents=[common],
+                                       help="one line per delegation, newest first")
+    shown.add_argument("--state", choices=tuple(STATE_FILTERS), default="all")
+    shown.add_argument("--limit", type=_positive_int, default=50)
     return parser
 
 
@@ -149,9 +171,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         "users.link": lambda store: _users_link(store, config, args),
         "users.list": _users_list,
         "users.unlink": lambda store: _users_unlink(store, args),
+        "users.allow-others": lambda store: _users_allow_others(store, args),
         "keys.rotate": lambda store: _keys_rotate(store, config),
         "deliveries.list": lambda store: _deliveries_list(store, args.limit),
         "deliveries.retry": lambda store: _deliveries_retry(store, args.delivery_id),
+        "delegations.list": lambda store: _delegations_list(store, args.state, args.limit),
     }
     sub = getattr(args, f"{command}_command", None)
     return asyncio.run(_with_store(config, handlers[f"{command}.{sub}" if sub else command],
@@ -228,9 +252,9 @@ def _tune_gc() -> None:
 
 # -- check-config --------------------------------------------------------------------
 def _check_config(config: Config, *, online: bool) -> int:
-    from service.app import build_commenters
+    from service.app import build_trackers
 
-    asyncio.run(_build_clients(config, build_commenters))  # raises InvalidConfig (bad App key)
+    asyncio.run(_build_clients(config, build_trackers))  # raises InvalidConfig (bad App key)
     where = config.source or "built-in development defaults"
     print(f"configuration OK ({where})")
     if config.github is None and config.linear is None:
@@ -249,7 +273,7 @@ async def _build_clients(config: Config, build: Callable[[Config, httpx.AsyncCli
 
 
 async def _check_online(config: Config) -> int:
-    from service.app import build_commenters, load_vault
+    from service.app import build_trackers, load_vault
 
     failures = 0
     token, whose = await _linked_token(config, load_vault(config))
@@ -260,8 +284,8 @@ async def _check_online(config: Config) -> int:
         except RemoteError as exc:
             failures += 1
             print(f"coder: FAILED: {exc}")
-        for name, commenter in build_commenters(config, http).items():
-            check = getattr(commenter, "check", None)
+        for name, tracker in build_trackers(config, http).items():
+            check = getattr(tracker, "check", None)
             if check is None:
                 continue
             try:
@@ -370,8 +394,9 @@ async def _users_list(store: Store) -> int:
         names = ", ".join(
             f"{i.provider}:{i.external_id}" + (f" ({i.login})" if i.login else "")
             for i in identities) or "-"
+        others = "others may delegate" if account.allow_others else "only their own requests"
         print(f"{account.coder_username}\t{names}\ttoken {account.token_status}\t"
-              f"last used {_when(account.last_used_at)}")
+              f"last used {_when(account.last_used_at)}\t{others}")
     return 0
 
 
@@ -388,6 +413,28 @@ async def _users_unlink(store: Store, args: argparse.Namespace) -> int:
     if not removed:
         raise UserError(f"{what} is not linked")
     print(f"unlinked {what}")
+    return 0
+
+
+async def _users_allow_others(store: Store, args: argparse.Namespace) -> int:
+    if args.coder_user:
+        changed = await store.set_allow_others(coder_username=args.coder_user, allow=args.allow)
+        what = f"Coder user {args.coder_user}"
+    elif args.github_id:
+        changed = await store.set_allow_others(provider="github", external_id=str(args.github_id),
+                                               allow=args.allow)
+        what = f"github {args.github_id}"
+    else:
+        changed = await store.set_allow_others(provider="linear",
+                                               external_id=args.linear_id.strip().lower(),
+                                               allow=args.allow)
+        what = f"linear {args.linear_id}"
+    if not changed:
+        raise UserError(f"{what} is not linked")
+    verdict = ("others may now delegate" if args.allow
+               else "only their own requests now run on")
+    print(f"{what}: {verdict} their issues to their Coder account" if args.allow
+          else f"{what}: {verdict} their Coder account")
     return 0
 
 
@@ -413,6 +460,23 @@ async def _deliveries_list(store: Store, limit: int) -> int:
             record.task_url or "", record.last_error or "",
         ]
         print("\t".join(str(f) for f in fields).rstrip())
+    return 0
+
+
+async def _delegations_list(store: Store, state: str, limit: int) -> int:
+    chosen = STATE_FILTERS[state]
+    rows = await store.list_delegations(states=sorted(chosen) if chosen is not None else None,
+                                        limit=limit)
+    if not rows:
+        print("no delegations" if state == "all" else f"no delegations in state {state}")
+    for d, coder_user in rows:
+        trigger = IssueEvent.from_json(d.trigger_json) if d.trigger_json else None
+        fields = [
+            issue_reference(trigger) if trigger is not None else d.issue_key,
+            coder_user or "-", d.task_kind or "-", d.task_url or "-", d.state,
+            _when(d.updated_at),
+        ]
+        print("\t".join(fields))
     return 0
 
 

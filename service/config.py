@@ -27,6 +27,8 @@ T = TypeVar("T")
 N = TypeVar("N", int, float)
 
 DEFAULT_TRIGGER_LABEL = "delegate-to-agent"
+DEFAULT_COMMAND = "/agent"
+STATUS_LABEL_PREFIX = "agent: "
 ACTING_USER_CHOICES = ("author", "labeler")
 CODER_API_CHOICES = ("auto", "tasks", "chats")
 
@@ -112,6 +114,7 @@ class GitHubConfig:
     trigger_label: str = DEFAULT_TRIGGER_LABEL
     comments_per_minute: int = 80
     comments_per_hour: int = 500
+    status_labels: bool = False
 
     @property
     def content_windows(self) -> tuple[tuple[int, float], ...]:
@@ -132,9 +135,26 @@ class LinearConfig:
 
 @dataclass(frozen=True)
 class DelegationConfig:
-    """``[delegation]``: whose Coder account runs the task, tried in order."""
+    """``[delegation]``: whose Coder account runs the task, tried in order, and the word
+    that starts a command in an issue comment."""
 
     acting_user: tuple[str, ...] = ("author",)
+    command: str = DEFAULT_COMMAND
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """``[sync]``: how the comment follows the work. ``interval`` 0 turns status checks
+    off; ``max_runtime`` 0 means no limit."""
+
+    interval: float = 15.0
+    stop_on_unlabel: bool = True
+    stop_on_close: bool = True
+    max_runtime: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval > 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,7 @@ class Config:
     github: GitHubConfig | None = None
     linear: LinearConfig | None = None
     delegation: DelegationConfig = field(default_factory=DelegationConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     routes: tuple[Route, ...] = ()
     source: Path | None = None
@@ -250,7 +271,7 @@ class _Reader:
     # -- the sections --------------------------------------------------------------
     def config(self, raw: dict[str, Any], path: Path) -> Config:
         sections = ("server", "storage", "security", "coder", "github", "linear",
-                    "delegation", "worker", "routes")
+                    "delegation", "sync", "worker", "routes")
         self._reject_unknown("", raw, sections)
         for name in sections[:-1]:
             if name in raw and not isinstance(raw[name], dict):
@@ -263,14 +284,15 @@ class _Reader:
         github = self._section(raw["github"], self.github) if "github" in raw else None
         linear = self._section(raw["linear"], self.linear) if "linear" in raw else None
         delegation = self._section(raw.get("delegation", {}), self.delegation)
+        sync = self._section(raw.get("sync", {}), self.sync)
         worker = self._section(raw.get("worker", {}), self.worker)
         routes = self.routes(raw.get("routes", []))
-        if None in (server, storage, security, coder, delegation, worker):
+        if None in (server, storage, security, coder, delegation, sync, worker):
             return Config(source=path)
-        assert server and storage and security and coder and delegation and worker
+        assert server and storage and security and coder and delegation and sync and worker
         return Config(server=server, storage=storage, security=security, coder=coder,
-                      github=github, linear=linear, delegation=delegation, worker=worker,
-                      routes=routes, source=path)
+                      github=github, linear=linear, delegation=delegation, sync=sync,
+                      worker=worker, routes=routes, source=path)
 
     def _section(
         self, raw: dict[str, Any] | None, build: Callable[[dict[str, Any]], T],
@@ -344,7 +366,8 @@ class _Reader:
     def github(self, raw: dict[str, Any]) -> GitHubConfig:
         self._reject_unknown("github", raw, ("webhook_secret", "api_url", "token", "app_id",
                                              "private_key", "trigger_label",
-                                             "comments_per_minute", "comments_per_hour"))
+                                             "comments_per_minute", "comments_per_hour",
+                                             "status_labels"))
         secrets = self._secrets(raw, "github.webhook_secret")
         token = self._str(raw, "github.token", "", secret=True)
         app_id = self._int(raw, "github.app_id", 0, minimum=1) if "app_id" in raw else None
@@ -356,16 +379,22 @@ class _Reader:
             self._problem(key, "app_id and private_key must be set together")
         if not token and "token" not in raw and not app_id and not private_key:
             self._problem("github.token", "set a token, or app_id + private_key, to post comments")
+        trigger_label = self._str(raw, "github.trigger_label", DEFAULT_TRIGGER_LABEL,
+                                  nonempty=True)
+        if trigger_label.lower().startswith(STATUS_LABEL_PREFIX):
+            self._problem("github.trigger_label",
+                          f"must not start with {STATUS_LABEL_PREFIX!r}: those are the status "
+                          "labels (github.status_labels)")
         return GitHubConfig(
             webhook_secrets=secrets,
             api_url=self._url(raw, "github.api_url", "https://api.github.com").rstrip("/"),
             token=Secret(token) if token else None,
             app_id=app_id,
             private_key=Secret(private_key) if private_key else None,
-            trigger_label=self._str(raw, "github.trigger_label", DEFAULT_TRIGGER_LABEL,
-                                    nonempty=True),
+            trigger_label=trigger_label,
             comments_per_minute=self._int(raw, "github.comments_per_minute", 80, minimum=0),
             comments_per_hour=self._int(raw, "github.comments_per_hour", 500, minimum=0),
+            status_labels=self._bool(raw, "github.status_labels", False),
         )
 
     def linear(self, raw: dict[str, Any]) -> LinearConfig:
@@ -384,7 +413,7 @@ class _Reader:
         )
 
     def delegation(self, raw: dict[str, Any]) -> DelegationConfig:
-        self._reject_unknown("delegation", raw, ("acting_user",))
+        self._reject_unknown("delegation", raw, ("acting_user", "command"))
         choices = self._plain_list(raw, "delegation.acting_user", ["author"])
         if not choices:
             self._problem("delegation.acting_user", "must name at least one of author, labeler")
@@ -394,7 +423,25 @@ class _Reader:
                               f"{choice!r} is not one of {', '.join(ACTING_USER_CHOICES)}")
         if len(set(choices)) != len(choices):
             self._problem("delegation.acting_user", "lists the same choice twice")
-        return DelegationConfig(tuple(choices) or ("author",))
+        command = self._str(raw, "delegation.command", DEFAULT_COMMAND, nonempty=True)
+        if len(command.split()) != 1:
+            self._problem("delegation.command", f"must be one word, like {DEFAULT_COMMAND}")
+            command = DEFAULT_COMMAND
+        return DelegationConfig(tuple(choices) or ("author",), command.strip())
+
+    def sync(self, raw: dict[str, Any]) -> SyncConfig:
+        self._reject_unknown("sync", raw, ("interval", "stop_on_unlabel", "stop_on_close",
+                                           "max_runtime"))
+        interval = self._float(raw, "sync.interval", 15.0, minimum=0)
+        if 0 < interval < 1:
+            self._problem("sync.interval", "must be 0 (no status sync) or at least 1")
+            interval = 15.0
+        return SyncConfig(
+            interval=interval,
+            stop_on_unlabel=self._bool(raw, "sync.stop_on_unlabel", True),
+            stop_on_close=self._bool(raw, "sync.stop_on_close", True),
+            max_runtime=self._float(raw, "sync.max_runtime", 0.0, minimum=0),
+        )
 
     def worker(self, raw: dict[str, Any]) -> WorkerConfig:
         self._reject_unknown("worker", raw, ("concurrency", "max_attempts", "lease_seconds",
@@ -515,6 +562,19 @@ class _Reader:
         if any(not s.reveal() for s in secrets):
             self._problem(key, "must not contain an empty secret")
         return tuple(s for s in secrets if s.reveal())
+
+    def _bool(self, raw: dict[str, Any], key: str, default: bool) -> bool:
+        value = raw.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(value, str):
+            try:
+                value = {"true": True, "false": False}.get(self._resolve(key, value).lower(),
+                                                           value)
+            except _Missing:
+                return default
+        if not isinstance(value, bool):
+            self._problem(key, "must be true or false")
+            return default
+        return value
 
     def _int(self, raw: dict[str, Any], key: str, default: int, *, minimum: int | None = None,
              maximum: int | None = None) -> int:

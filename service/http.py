@@ -13,6 +13,7 @@ import email.utils
 import math
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 
 import httpx
 
@@ -36,6 +37,11 @@ _ENDPOINT_KINDS: tuple[tuple[str, str], ...] = (
     ("/users", "users"),
     ("/app", "app"),
 )
+
+
+CALL_PURPOSE: ContextVar[str] = ContextVar("call_purpose", default="other")
+"""Why the current task calls Coder (``create``, ``sync``, ``command``): set by the
+worker around each job and status round, counted in ``coder_bridge_coder_calls_total``."""
 
 
 def classify_endpoint(path: str) -> str:
@@ -86,6 +92,8 @@ class InstrumentedTransport(httpx.AsyncBaseTransport):
         finally:
             metrics.API_LATENCY.labels(service, endpoint).observe(time.perf_counter() - started)
         metrics.API_CALLS.labels(service, endpoint, status_class(response.status_code)).inc()
+        if service == "coder":
+            metrics.CODER_CALLS.labels(CALL_PURPOSE.get()).inc()
         return response
 
     async def aclose(self) -> None:

@@ -74,3 +74,44 @@ WORKER_HEARTBEAT = Gauge(
     "When the worker loop last completed a cycle (UNIX time).",
     registry=REGISTRY,
 )
+DELEGATIONS_BY_STATE = Gauge(
+    "coder_bridge_delegations_by_state",
+    "Issues by the state of their newest delegation (starting, working, needs_input, done, "
+    "failed, gave_up, stopped, pending, needs_link, awaiting_consent); read at scrape time.",
+    ["state"],
+    registry=REGISTRY,
+)
+STATUS_CHECKS = Counter(
+    "coder_bridge_status_checks_total",
+    "Status checks of running work: per account (listed, outage, rate_limited, "
+    "token_rejected) and per task or chat read (changed, unchanged, gone).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+COMMENT_EDITS = Counter(
+    "coder_bridge_comment_edits_total",
+    "Comments the bridge created or edited (kind: created, edited), after a change of what "
+    "they show.",
+    ["kind"],
+    registry=REGISTRY,
+)
+COMMANDS = Counter(
+    "coder_bridge_commands_total",
+    "Commands in issue comments by command (follow_up, stop, approve, help) and outcome "
+    "(done, held, refused, failed).",
+    ["command", "outcome"],
+    registry=REGISTRY,
+)
+CODER_CALLS = Counter(
+    "coder_bridge_coder_calls_total",
+    "Calls to Coder by purpose: create (starting work), sync (status checks), command "
+    "(follow-ups and stops), other.",
+    ["purpose"],
+    registry=REGISTRY,
+)
+STOPS = Counter(
+    "coder_bridge_stops_total",
+    "Agents stopped by the bridge, by cause (command, unlabeled, closed, max_runtime).",
+    ["cause"],
+    registry=REGISTRY,
+)

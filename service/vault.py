@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.errors import VaultError
 
@@ -74,7 +76,7 @@ def _aad(owner: str) -> bytes:
 class Vault:
     """Encrypts tokens under the primary (first) key; decrypts under any listed key."""
 
-    __slots__ = ("_ciphers", "_primary")
+    __slots__ = ("_ciphers", "_primary", "_primary_key")
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         """``keys``: raw 32-byte keys, newest (primary) first. A repeated key is ignored.
@@ -90,6 +92,7 @@ class Vault:
             ciphers.setdefault(key_id_of(key), AESGCM(key))
         self._ciphers = ciphers
         self._primary = key_id_of(keys[0])
+        self._primary_key = keys[0]
 
     def __repr__(self) -> str:
         return f"Vault(primary={self._primary!r}, key_ids={list(self._ciphers)!r})"
@@ -103,6 +106,15 @@ class Vault:
     def key_ids(self) -> list[str]:
         """The ids of every key that decrypts, primary first."""
         return list(self._ciphers)
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for ``purpose`` (e.g. ``comment-markers``), derived from the
+        primary key with HKDF-SHA256: no extra secret to configure, and knowing it
+        reveals nothing about the key that encrypts tokens. It changes when the primary
+        key changes."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                    info=f"coder-bridge/{purpose}".encode())
+        return hkdf.derive(self._primary_key)
 
     def needs_rotation(self, key_id: str) -> bool:
         """True if a blob under ``key_id`` should be re-encrypted under the primary key."""

@@ -8,12 +8,24 @@ task or chat, never a second one (invariant I1).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
+from service.core.status import ChatSnapshot, TaskSnapshot
 from service.core.work import CreatedWork
 
-__all__ = ["CoderBackend", "CoderUser", "CreatedWork", "WorkSpec"]
+__all__ = ["CoderBackend", "CoderUser", "CreatedWork", "OnWait", "SendOutcome", "Snapshot",
+           "WorkSpec"]
+
+OnWait = Callable[[], Awaitable[None]]
+"""Called once when creating work must wait (a workspace builds) before it exists."""
+
+Snapshot = TaskSnapshot | ChatSnapshot
+SendOutcome = Literal["sent", "busy", "not_ready", "gone"]
+"""What became of a follow-up message: ``sent`` (a chat may have queued it), ``busy``
+(the agent cannot take input now: hold it and try again when it is ready),
+``not_ready`` (the task is starting or paused), ``gone`` (deleted or archived)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,12 @@ class CoderUser:
 class CoderBackend(Protocol):
     """One Coder API (Tasks or Chats) on one deployment, with one user's token."""
 
-    async def ensure(self, spec: WorkSpec, *, may_exist: bool) -> CreatedWork:
+    async def ensure(self, spec: WorkSpec, *, may_exist: bool,
+                     on_wait: OnWait | None = None) -> CreatedWork:
         """Return the task/chat for ``spec``, creating it only if it does not exist.
+
+        ``on_wait`` is awaited before a long wait for something the work needs first
+        (a chat's workspace building), so that the issue can say **Starting** at once.
 
         ``may_exist`` says an earlier attempt may have created it (a retry after an
         ambiguous failure): the backend then looks it up before creating. A name
@@ -64,4 +80,22 @@ class CoderBackend(Protocol):
         False when it has ended (complete, failed, paused, stopped) or no longer
         exists; a new trigger on the issue then starts a new delegation (I2).
         """
+        ...
+
+    async def list_snapshots(self, works: list[CreatedWork]) -> dict[str, Snapshot]:
+        """Snapshots of every one of ``works`` that one list call of the user's tasks or
+        chats shows, by id (one request per API; the rest are left out)."""
+        ...
+
+    async def snapshot(self, work: CreatedWork) -> Snapshot:
+        """A fresh snapshot of one task or chat (``exists`` False when it is gone)."""
+        ...
+
+    async def send(self, work: CreatedWork, text: str) -> SendOutcome:
+        """Give the agent a follow-up message."""
+        ...
+
+    async def stop(self, work: CreatedWork) -> None:
+        """Stop the agent: a task is paused (deleted where pausing is not served), a chat
+        interrupted and archived. Work that is gone already is left alone."""
         ...

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
-from service.coder.base import CreatedWork, WorkSpec
+from service.coder.base import CreatedWork, OnWait, SendOutcome, Snapshot, WorkSpec
 from service.coder.client import CoderClient
 from service.coder.workspaces import WorkspaceCreator
-from service.errors import NotFound, PermanentError, RouteNotFound, TokenRejected
+from service.core.status import ChatSnapshot
+from service.errors import NotFound, PermanentError, RateLimited, RouteNotFound, TokenRejected
 from service.logging import get_logger
 
 API_V2: Final = "/api/v2"
@@ -45,6 +46,8 @@ LABEL_KEY: Final = "coder-bridge/key"
 LABEL_VALUE_MAX_BYTES: Final = 256
 DIGEST_CHARS: Final = 32
 LOOKUP_LIMIT: Final = 25
+LIST_PAGE_SIZE: Final = 100
+LIST_PAGES: Final = 20
 
 WORKING_STATUSES: Final = frozenset({"pending", "running", "interrupting", "paused"})
 IDLE_STATUSES: Final = frozenset({"waiting", "completed"})
@@ -98,6 +101,7 @@ class Chat:
     updated_at: datetime | None = None
     summary: str = ""
     has_diff: bool = False
+    pr_url: str = ""
 
 
 def parse_chat(body: Any) -> Chat:
@@ -130,6 +134,7 @@ def parse_chat(body: Any) -> Chat:
         updated_at=_time(body.get("updated_at")),
         summary=_text(body.get("last_turn_summary")) or _text(body.get("summary")),
         has_diff=bool(body.get("diff_status")),
+        pr_url=_text(diff.get("url")) if isinstance(diff := body.get("diff_status"), dict) else "",
     )
 
 
@@ -189,7 +194,8 @@ class ChatsBackend:
     def __repr__(self) -> str:
         return f"ChatsBackend(coder_url={self._coder_url!r}, base={self._base!r})"
 
-    async def ensure(self, spec: WorkSpec, *, may_exist: bool) -> CreatedWork:
+    async def ensure(self, spec: WorkSpec, *, may_exist: bool,
+                     on_wait: OnWait | None = None) -> CreatedWork:
         """Return the chat labelled for ``spec.delegation_key``, creating it only if none exists.
 
         The label lookup always runs first (``may_exist`` changes nothing: chats
@@ -206,7 +212,7 @@ class ChatsBackend:
             log.info("chat_reused", chat_id=existing.id, may_exist=may_exist)
             return self._created(existing)
         org_id = await self._organization_id(spec.organization)
-        workspace_id = await self._workspace_for(spec, org_id)
+        workspace_id = await self._workspace_for(spec, org_id, on_wait)
         body = create_body(spec, org_id, workspace_id)
         try:
             answer = await self._client.request("POST", f"{self._base}/chats", json=body)
@@ -240,6 +246,78 @@ class ChatsBackend:
         if chat.status in IDLE_STATUSES:
             return not self._clearly_finished(chat)
         return True
+
+    async def list_snapshots(self, works: list[CreatedWork]) -> dict[str, Snapshot]:
+        """Every tracked chat the user's list of the bridge's chats shows (labelled
+        ``coder-bridge:true``, not archived), paged until all are found or it ends."""
+        wanted = {work.id for work in works}
+        found: dict[str, Snapshot] = {}
+        for page in range(LIST_PAGES):
+            params = {"label": f"{LABEL_BRIDGE}:true", "q": "archived:false",
+                      "limit": str(LIST_PAGE_SIZE), "offset": str(page * LIST_PAGE_SIZE)}
+            chats = _chats_in(await self._client.request("GET", f"{self._base}/chats",
+                                                         params=params))
+            found.update((c.id, chat_snapshot(c)) for c in chats if c.id in wanted)
+            if len(chats) < LIST_PAGE_SIZE or wanted <= found.keys():
+                break
+        return found
+
+    async def snapshot(self, work: CreatedWork) -> Snapshot:
+        """``GET <base>/chats/{id}``; when it has ended its turn and carries no summary
+        (older servers), the newest assistant message is read too."""
+        try:
+            chat = parse_chat(await self._client.request("GET",
+                                                         f"{self._base}/chats/{_seg(work.id)}"))
+        except NotFound:
+            return ChatSnapshot(exists=False)
+        if chat.status in IDLE_STATUSES and not chat.summary:
+            chat = replace(chat, summary=await self._last_answer(chat.id))
+        return chat_snapshot(chat)
+
+    async def send(self, work: CreatedWork, text: str) -> SendOutcome:
+        """A new message (``busy_behavior: queue``: Coder queues it while the agent works).
+        A 409 means "not now" (``not_ready``); a full queue (429) ``busy``; an archived or
+        unknown chat ``gone``."""
+        body = {"content": [{"type": "text", "text": text}], "busy_behavior": "queue"}
+        try:
+            await self._client.request("POST", f"{self._base}/chats/{_seg(work.id)}/messages",
+                                       json=body)
+        except NotFound:
+            return "gone"
+        except RateLimited:
+            return "busy"
+        except PermanentError as exc:
+            if exc.status == 409:
+                return "not_ready"
+            if exc.status == 400:
+                return "gone"  # archived: Coder takes no more messages
+            raise
+        return "sent"
+
+    async def stop(self, work: CreatedWork) -> None:
+        """Interrupt the chat, then archive it (interrupt first, so a running turn stops).
+        A chat that is gone is left alone."""
+        path = f"{self._base}/chats/{_seg(work.id)}"
+        try:
+            await self._client.request("POST", f"{path}/interrupt")
+            await self._client.request("PATCH", path, json={"archived": True})
+        except NotFound:
+            return
+
+    async def _last_answer(self, chat_id: str) -> str:
+        """The text of the chat's newest assistant message, or ``""``."""
+        answer = await self._client.request("GET", f"{self._base}/chats/{_seg(chat_id)}/messages",
+                                            params={"limit": "20"})
+        messages = answer.get("messages") if isinstance(answer, dict) else None
+        for message in messages if isinstance(messages, list) else []:
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                parts = message.get("content")
+                texts = [str(p["text"]) for p in parts if isinstance(p, dict)
+                         and p.get("type") == "text" and isinstance(p.get("text"), str)] \
+                    if isinstance(parts, list) else []
+                if texts:
+                    return " ".join(texts)
+        return ""
 
     async def find(self, delegation_key: str) -> Chat | None:
         """The caller's chat labelled for ``delegation_key`` (archived ones too), or ``None``.
@@ -300,7 +378,8 @@ class ChatsBackend:
             "which one the chat belongs to; set coder.organization",
         )
 
-    async def _workspace_for(self, spec: WorkSpec, org_id: str) -> str | None:
+    async def _workspace_for(self, spec: WorkSpec, org_id: str,
+                             on_wait: OnWait | None) -> str | None:
         template = spec.template.strip()
         if not template:
             return None
@@ -312,6 +391,7 @@ class ChatsBackend:
             template=template,
             preset=spec.preset,
             organization=spec.organization.strip() or org_id,
+            on_wait=on_wait,
         )
         return workspace.id
 
@@ -339,6 +419,15 @@ class ChatsBackend:
 
 
 # --- pure helpers ------------------------------------------------------------------------------
+
+
+def chat_snapshot(chat: Chat) -> ChatSnapshot:
+    """What a status check reads of a chat."""
+    return ChatSnapshot(
+        exists=True, status=chat.status, archived=chat.archived,
+        error=chat.last_error.message if chat.last_error else "",
+        summary=chat.summary, pr_url=chat.pr_url,
+        updated_at=chat.updated_at.timestamp() if chat.updated_at else None)
 
 
 def delegation_label_value(delegation_key: str) -> str:

@@ -37,7 +37,14 @@ from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
-from service.coder.base import CoderBackend, CreatedWork, WorkSpec
+from service.coder.base import (
+    CoderBackend,
+    CreatedWork,
+    OnWait,
+    SendOutcome,
+    Snapshot,
+    WorkSpec,
+)
 from service.coder.chats import ChatsBackend
 from service.coder.client import CoderClient, decipher_response, decipher_transport_error
 from service.coder.tasks import TasksBackend
@@ -302,14 +309,17 @@ class DetectingBackend:
     def __repr__(self) -> str:
         return f"DetectingBackend(coder_url={self._coder_url!r}, api={self._api!r})"
 
-    async def ensure(self, spec: WorkSpec, *, may_exist: bool) -> CreatedWork:
+    async def ensure(self, spec: WorkSpec, *, may_exist: bool,
+                     on_wait: OnWait | None = None) -> CreatedWork:
         """``ensure`` of the detected API's backend (see ``CoderBackend.ensure``)."""
 
         async def first() -> CreatedWork:
-            return await self._backend(await self._detect()).ensure(spec, may_exist=may_exist)
+            return await self._backend(await self._detect()).ensure(
+                spec, may_exist=may_exist, on_wait=on_wait)
 
         async def again() -> CreatedWork:
-            return await self._backend(await self._detect()).ensure(spec, may_exist=True)
+            return await self._backend(await self._detect()).ensure(
+                spec, may_exist=True, on_wait=on_wait)
 
         try:
             return await self._once_more_on_route_not_found(first, again)
@@ -337,6 +347,43 @@ class DetectingBackend:
             return await self._once_more_on_route_not_found(ask, ask)
         except RouteNotFound:
             return False
+
+    async def list_snapshots(self, works: list[CreatedWork]) -> dict[str, Snapshot]:
+        """One list call per API the works belong to (a deployment speaks one)."""
+        found: dict[str, Snapshot] = {}
+        for kind in ("task", "chat"):
+            of_kind = [work for work in works if work.kind == kind]
+            if of_kind:
+                found.update(await self._for(of_kind[0], _lister(of_kind)))
+        return found
+
+    async def snapshot(self, work: CreatedWork) -> Snapshot:
+        """A fresh snapshot from the API that made ``work``."""
+        return await self._for(work, lambda backend: backend.snapshot(work))
+
+    async def send(self, work: CreatedWork, text: str) -> SendOutcome:
+        """A follow-up through the API that made ``work``."""
+        return await self._for(work, lambda backend: backend.send(work, text))
+
+    async def stop(self, work: CreatedWork) -> None:
+        """Stop ``work`` through the API that made it."""
+        await self._for(work, lambda backend: backend.stop(work))
+
+    async def _for(self, work: CreatedWork, call: Callable[[CoderBackend], Awaitable[T]]) -> T:
+        """``call`` on the backend of the API that made ``work``: a chat on the Chats API
+        wherever the server offers it; a task on the Tasks API, which a server that no
+        longer serves it answers ``RouteNotFound`` for."""
+
+        async def once() -> T:
+            detected = await self._detect()
+            if work.kind == "chat" and detected.api != "chats":
+                detected = await self._detector.detect(self._client, api="chats")
+            if work.kind == "task" and detected.api != "tasks":
+                raise RouteNotFound("coder", "this Coder server no longer serves the Tasks API",
+                                    status=404)
+            return await call(self._backend(detected))
+
+        return await self._once_more_on_route_not_found(once, once)
 
     async def _is_active_once(self, work: CreatedWork) -> bool:
         detected = await self._detect()
@@ -370,6 +417,15 @@ class DetectingBackend:
         return ChatsBackend(
             self._client, self._coder_url, base=detected.base, workspaces=self._workspaces
         )
+
+
+def _lister(
+    works: list[CreatedWork],
+) -> Callable[[CoderBackend], Awaitable[dict[str, Snapshot]]]:
+    async def call(backend: CoderBackend) -> dict[str, Snapshot]:
+        return await backend.list_snapshots(works)
+
+    return call
 
 
 def backend_factory(

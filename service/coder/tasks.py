@@ -14,10 +14,11 @@ never a reason to switch prefix.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
-from service.coder.base import CreatedWork, WorkSpec
+from service.coder.base import CreatedWork, OnWait, SendOutcome, Snapshot, WorkSpec
 from service.coder.client import CoderClient
 from service.coder.templates import (
     TemplateCache,
@@ -26,7 +27,8 @@ from service.coder.templates import (
     fetch_template,
     path_segment,
 )
-from service.errors import Conflict, NotFound, PermanentError, RouteNotFound
+from service.core.status import TaskSnapshot
+from service.errors import Conflict, NotFound, PermanentError, RouteNotFound, TransientError
 
 API_V2: Final = "/api/v2"
 API_EXPERIMENTAL: Final = "/api/experimental"
@@ -56,7 +58,8 @@ class TasksBackend:
     def __repr__(self) -> str:
         return f"TasksBackend(coder_url={self._coder_url!r})"
 
-    async def ensure(self, spec: WorkSpec, *, may_exist: bool) -> CreatedWork:
+    async def ensure(self, spec: WorkSpec, *, may_exist: bool,
+                     on_wait: OnWait | None = None) -> CreatedWork:
         """Return the task named ``spec.name``, creating it only if it does not exist.
 
         With ``may_exist`` the name is looked up first. A 409 on create means the
@@ -97,9 +100,8 @@ class TasksBackend:
         True otherwise, unknown statuses included. Other failures raise as in
         ``ensure`` (e.g. ``RouteNotFound`` after an upgrade to a Chats-only server).
         """
-        path = f"/tasks/{path_segment(work.owner_name)}/{path_segment(work.id)}"
         try:
-            task = await self._tasks_call("GET", path)
+            task = await self._tasks_call("GET", self._task_path(work))
         except NotFound:
             return False
         if not isinstance(task, dict):
@@ -109,7 +111,63 @@ class TasksBackend:
         state = task.get("current_state")
         return not (isinstance(state, dict) and state.get("state") in FINISHED_STATES)
 
+    async def list_snapshots(self, works: list[CreatedWork]) -> dict[str, Snapshot]:
+        """Every tracked task in one ``GET /tasks?q=owner:me`` (the list has no paging)."""
+        wanted = {work.id for work in works}
+        answer = await self._tasks_call("GET", "/tasks", params={"q": "owner:me"})
+        items = answer.get("tasks") if isinstance(answer, dict) else None
+        found: dict[str, Snapshot] = {}
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("id") in wanted:
+                found[str(item["id"])] = task_snapshot(item)
+        return found
+
+    async def snapshot(self, work: CreatedWork) -> Snapshot:
+        """``GET /tasks/{owner}/{id}``; a 404 says the task is gone."""
+        try:
+            return task_snapshot(await self._tasks_call("GET", self._task_path(work)))
+        except NotFound:
+            return TaskSnapshot(exists=False)
+
+    async def send(self, work: CreatedWork, text: str) -> SendOutcome:
+        """``POST /tasks/{owner}/{id}/send``. Tasks have no queue: a busy agent answers 502
+        (``busy``: the bridge holds the message); a task that is not active answers 400
+        or 409 (``not_ready``). The class of the answer decides, never its words."""
+        try:
+            await self._tasks_call("POST", self._task_path(work) + "/send", json={"input": text})
+        except NotFound:
+            return "gone"
+        except TransientError as exc:
+            if exc.status == 502:
+                return "busy"
+            raise
+        except PermanentError as exc:
+            if exc.status in (400, 409):
+                return "not_ready"
+            raise
+        return "sent"
+
+    async def stop(self, work: CreatedWork) -> None:
+        """Pause the task (v2.31+: its work stays inspectable); where pausing is not
+        served, delete it. A task that is gone is left alone."""
+        path = self._task_path(work)
+        try:
+            await self._client.request("POST", self._working_prefix() + path + "/pause")
+        except RouteNotFound:
+            try:
+                await self._tasks_call("DELETE", path)
+            except NotFound:
+                return
+        except NotFound:
+            return
+
     # --- steps ---------------------------------------------------------------------------------
+
+    def _task_path(self, work: CreatedWork) -> str:
+        return f"/tasks/{path_segment(work.owner_name)}/{path_segment(work.id)}"
+
+    def _working_prefix(self) -> str:
+        return self._prefixes.get(self._coder_url, API_V2)
 
     async def _find_by_name(self, name: str) -> CreatedWork | None:
         """The caller's task called ``name``, or ``None`` when there is none."""
@@ -151,13 +209,15 @@ class TasksBackend:
             self._templates.put(key, presets)
         return choose_preset(presets, spec.preset, template=spec.template)
 
-    async def _tasks_call(self, method: str, suffix: str, *, json: object | None = None) -> Any:
+    async def _tasks_call(self, method: str, suffix: str, *, json: object | None = None,
+                          params: dict[str, str] | None = None) -> Any:
         """``method`` on a Tasks route (``suffix`` starts ``/tasks``) under the working prefix."""
         cached = self._prefixes.get(self._coder_url)
         order = [cached, *(p for p in TASK_PREFIXES if p != cached)] if cached else TASK_PREFIXES
         for prefix in order:
             try:
-                result = await self._client.request(method, prefix + suffix, json=json)
+                result = await self._client.request(method, prefix + suffix, json=json,
+                                                    params=params)
             except RouteNotFound:
                 continue
             except (NotFound, Conflict):
@@ -188,6 +248,38 @@ def clip_display_name(text: str) -> str:
     """
     raw = text.strip().encode("utf-8")[:DISPLAY_NAME_MAX_BYTES]
     return raw.decode("utf-8", errors="ignore").rstrip()
+
+
+def task_snapshot(task: Any) -> TaskSnapshot:
+    """A ``TaskSnapshot`` of a Task object; unreadable fields read as unknown."""
+    if not isinstance(task, dict):
+        return TaskSnapshot(exists=True)
+    current = task.get("current_state")
+    state: dict[str, Any] = current if isinstance(current, dict) else {}
+    status = task.get("status")
+    return TaskSnapshot(
+        exists=True,
+        status=status if isinstance(status, str) and status else "unknown",
+        state=_text(state.get("state")) or None,
+        message=_text(state.get("message")),
+        uri=_text(state.get("uri")),
+        state_at=parse_time(state.get("timestamp")),
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_time(value: Any) -> float | None:
+    """An RFC 3339 time as UNIX seconds (a naive one read as UTC), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def created_work_from_task(task: Any, coder_url: str) -> CreatedWork:

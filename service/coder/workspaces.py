@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from service.coder.base import OnWait
 from service.coder.client import CoderClient
 from service.coder.templates import (
     Template,
@@ -101,7 +102,8 @@ class WorkspaceCreator:
         return f"WorkspaceCreator(build_timeout={self._build_timeout!r})"
 
     async def ensure_running(
-        self, *, name: str, template: str, preset: str, organization: str
+        self, *, name: str, template: str, preset: str, organization: str,
+        on_wait: OnWait | None = None,
     ) -> Workspace:
         """The running workspace called ``name`` built from ``template`` (and ``preset``).
 
@@ -111,12 +113,15 @@ class WorkspaceCreator:
         canceled or did not finish within ``build_timeout``; ``TransientError``
         when the create's outcome is unknown and no workspace of that name exists
         yet (a retry will try again); other ``RemoteError`` subclasses as mapped.
+        ``on_wait`` is awaited once before waiting for a build to finish.
         """
         found = await fetch_template(self._client, organization, template)
         version_id = found.active_version_id
         presets = await fetch_presets(self._client, version_id)
         preset_id = choose_preset(presets, preset, template=template)
         workspace = await self._create_or_adopt(name, found, version_id, preset_id)
+        if workspace.status not in READY_STATUSES and on_wait is not None:
+            await on_wait()
         return await self._wait_until_running(workspace)
 
     # --- steps ---------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def plan_delegation(
         # No task yet (in progress, waiting for a link, or failed before creating one):
         # reuse it, so the same comment is edited and the same task name is used.
         return Continue(current)
-    if current.delivery_id == delivery_id or current.state == "task_created":
+    if current.delivery_id == delivery_id or current.comment_id is None:
+        # The same delivery again, or a task whose comment is still to be posted.
         return Continue(current)
     return CheckActive(current)
 
@@ -127,6 +128,8 @@ def acting_candidates(event: IssueEvent, order: tuple[str, ...]) -> list[Candida
     return candidates
 
 
-def describe_role(role: str) -> str:
-    """Words for the prompt's "Requested by" line."""
-    return "the issue's author" if role == "author" else "who added the label"
+def prompt_name(person: Person | None) -> str:
+    """How the prompt names a person: ``@login``, else their id."""
+    if person is None:
+        return "unknown"
+    return f"@{person.login}" if person.login else f"user {person.id}"

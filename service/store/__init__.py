@@ -24,6 +24,7 @@ from service.store.base import (
     Delegation,
     DelegationState,
     DeliveryRecord,
+    Followup,
     Identity,
     Job,
     JobStatus,
@@ -39,6 +40,7 @@ __all__ = [
     "delegation_from_row",
     "delivery_record_from_row",
     "first_wins",
+    "followup_from_row",
     "identity_from_row",
     "job_from_row",
     "load_migrations",
@@ -144,6 +146,7 @@ def job_from_row(row: _Row) -> Job:
         attempts=int(row[5]),
         lease_owner=str(row[6]),
         lease_until=float(row[7]),
+        kind=str(row[9]) if len(row) > 9 and row[9] is not None else "trigger",
     )
 
 
@@ -180,6 +183,11 @@ def delegation_from_row(row: _Row) -> Delegation:
         created_at=float(row[14]),
         updated_at=float(row[15]),
         comment_sha256=row[16],
+        trigger_json=row[17],
+        acting_id=row[18],
+        progress_json=row[19],
+        follow_until=_opt_float(row[20]),
+        checked=row[21],
     )
 
 
@@ -192,7 +200,13 @@ def account_from_row(row: _Row) -> Account:
         ciphertext=bytes(row[4]),
         token_status=cast(TokenStatus, row[5]),
         last_used_at=_opt_float(row[6]),
+        allow_others=bool(row[7]),
     )
+
+
+def followup_from_row(row: _Row) -> Followup:
+    return Followup(id=int(row[0]), delegation_id=int(row[1]), source=str(row[2]),
+                    text=str(row[3]), created_at=float(row[4]))
 
 
 def identity_from_row(row: _Row) -> Identity:

@@ -23,9 +23,11 @@ from service.core.work import Delegation, DelegationState
 
 __all__ = [
     "Account",
+    "CheckTarget",
     "Delegation",
     "DelegationState",
     "DeliveryRecord",
+    "Followup",
     "Identity",
     "Job",
     "JobStatus",
@@ -51,11 +53,13 @@ class NewDelivery(msgspec.Struct, frozen=True):
     event_json: str
     received_at: float
     body_sha256: str
+    kind: str = "trigger"
 
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed job. ``attempts`` counts this attempt (1 on the first claim)."""
+    """A claimed job. ``attempts`` counts this attempt (1 on the first claim); ``kind``
+    is its delivery's (``trigger``, ``comment``, ``change``, ``check``)."""
 
     id: int
     tracker: str
@@ -65,6 +69,7 @@ class Job:
     attempts: int
     lease_owner: str
     lease_until: float
+    kind: str = "trigger"
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,28 @@ class Account:
     ciphertext: bytes
     token_status: TokenStatus
     last_used_at: float | None
+    allow_others: bool = False
+
+
+@dataclass(frozen=True)
+class Followup:
+    """A follow-up message waiting for a task that could not take it yet."""
+
+    id: int
+    delegation_id: int
+    source: str
+    text: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """An account whose running work is due for a status check, with that work;
+    ``failures`` counts its rounds in a row that could not ask Coder."""
+
+    account: Account
+    delegations: list[Delegation]
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,6 +248,62 @@ class Store(Protocol):
         """Write every mutable field of ``delegation`` (matched by ``id``)."""
         ...
 
+    async def get_delegation(self, delegation_id: int) -> Delegation | None:
+        """The delegation with this id."""
+        ...
+
+    async def list_delegations(
+        self, *, states: Sequence[str] | None, limit: int
+    ) -> list[tuple[Delegation, str | None]]:
+        """Newest change first, each with the Coder username it runs as; only those in
+        ``states`` unless None."""
+        ...
+
+    async def count_delegations(self) -> dict[str, int]:
+        """How many delegations are in each state (the newest generation of each issue)."""
+        ...
+
+    # -- status checks ----------------------------------------------------------
+    async def claim_checks(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[CheckTarget]:
+        """Lease up to ``limit`` accounts with a valid token whose checks are due (never
+        scheduled, or ``check_at <= now``) and that have work followed at ``now``
+        (``follow_until >= now``); each with that work. Another owner's unexpired lease
+        keeps an account out."""
+        ...
+
+    async def finish_checks(
+        self, account_id: int, owner: str, *, next_at: float, failures: int
+    ) -> None:
+        """Schedule the account's next check at ``next_at`` and drop ``owner``'s lease;
+        ``failures`` counts the checks in a row that could not ask Coder."""
+        ...
+
+    async def request_check(
+        self, delegation: Delegation, *, seen: str, now: float, reason: str
+    ) -> bool:
+        """Queue a ``check`` job for the delegation's issue, unless one is queued already
+        (True if one was queued). Its event is ``{"delegation_id", "reason", "seen"}``:
+        ``seen`` is what the status round saw, which the check job records in
+        ``Delegation.checked`` once it has shown it."""
+        ...
+
+    # -- follow-ups ---------------------------------------------------------------
+    async def add_followup(
+        self, delegation_id: int, *, source: str, text: str, now: float
+    ) -> bool:
+        """Hold a follow-up; False if ``source`` (a comment id) was added before."""
+        ...
+
+    async def queued_followups(self, delegation_id: int) -> list[Followup]:
+        """The follow-ups still waiting, oldest first."""
+        ...
+
+    async def settle_followup(self, followup_id: int, *, sent: bool, now: float) -> None:
+        """Mark a follow-up ``sent`` (True) or ``dropped``."""
+        ...
+
     # -- accounts -------------------------------------------------------------
     async def link_account(
         self,
@@ -266,6 +349,14 @@ class Store(Protocol):
 
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Record a successful use."""
+        ...
+
+    async def set_allow_others(
+        self, *, provider: str | None = None, external_id: str | None = None,
+        coder_username: str | None = None, allow: bool,
+    ) -> int:
+        """Whether others may delegate this person's issues to their Coder account; the
+        account by identity or by username. Returns the accounts changed."""
         ...
 
     async def replace_ciphertext(

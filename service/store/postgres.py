@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from service.errors import StoreError
 from service.store import (
@@ -33,6 +34,7 @@ from service.store import (
     delegation_from_row,
     delivery_record_from_row,
     first_wins,
+    followup_from_row,
     identity_from_row,
     job_from_row,
     load_migrations,
@@ -40,8 +42,10 @@ from service.store import (
 )
 from service.store.base import (
     Account,
+    CheckTarget,
     Delegation,
     DeliveryRecord,
+    Followup,
     Identity,
     Job,
     NewDelivery,
@@ -65,13 +69,13 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 _ACCEPT = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                         $6::text[])
+                         $6::text[], $7::text[])
         WITH ORDINALITY AS t (tracker, delivery_id, issue_key, event_json, received_at,
-                              body_sha256, ord)
+                              body_sha256, kind, ord)
 ), stored AS (
     INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at,
-                            body_sha256)
-    SELECT tracker, delivery_id, issue_key, event_json, received_at, body_sha256
+                            body_sha256, kind)
+    SELECT tracker, delivery_id, issue_key, event_json, received_at, body_sha256, kind
     FROM input ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING id, tracker, delivery_id, issue_key, received_at
@@ -126,7 +130,33 @@ SET status = 'running', lease_owner = $1, lease_until = $3,
 FROM chosen, deliveries AS d
 WHERE jobs.id = chosen.id AND d.id = jobs.delivery_ref
 RETURNING jobs.id, d.tracker, d.delivery_id, jobs.issue_key, d.event_json,
-    jobs.attempts, jobs.lease_owner, jobs.lease_until, jobs.run_at
+    jobs.attempts, jobs.lease_owner, jobs.lease_until, jobs.run_at, d.kind
+"""
+# Accounts due for a status check, oldest schedule first, locked SKIP LOCKED and leased.
+_CLAIM_CHECKS = """
+WITH due AS (
+    SELECT a.id FROM accounts AS a
+    WHERE a.token_status = 'valid'
+      AND (a.check_at IS NULL OR a.check_at <= $2)
+      AND (a.check_owner IS NULL OR a.check_until < $2)
+      AND EXISTS (SELECT 1 FROM delegations AS g
+                  WHERE g.account_id = a.id AND g.follow_until >= $2)
+    ORDER BY coalesce(a.check_at, 0), a.id
+    LIMIT $4
+    FOR UPDATE OF a SKIP LOCKED
+)
+UPDATE accounts SET check_owner = $1, check_until = $3
+FROM due WHERE accounts.id = due.id
+RETURNING accounts.id, accounts.check_failures
+"""
+_INSERT_CHECK = """
+WITH stored AS (
+    INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at, kind)
+    VALUES ($1, $2, $3, $4, $5, 'check')
+    RETURNING id, issue_key, received_at
+)
+INSERT INTO jobs (delivery_ref, issue_key, run_at, created_at, updated_at)
+SELECT id, issue_key, received_at, received_at, received_at FROM stored
 """
 
 def _changed(status: str) -> int:
@@ -258,6 +288,7 @@ class PostgresStore:
             [d.event_json for d in deliveries],
             [float(d.received_at) for d in deliveries],
             [d.body_sha256 for d in deliveries],
+            [d.kind for d in deliveries],
         )
         return first_wins(deliveries, {(row[0], row[1]) for row in rows})
 
@@ -354,23 +385,90 @@ class PostgresStore:
 
     async def save_delegation(self, delegation: Delegation) -> None:
         """Write the mutable fields; ``StoreError`` if the row does not exist."""
+        d = delegation
         changed = await self._execute(
-            queries.SAVE_DELEGATION,
-            delegation.id,
-            delegation.state,
-            delegation.account_id,
-            delegation.task_kind,
-            delegation.task_id,
-            delegation.task_name,
-            delegation.task_url,
-            delegation.comment_id,
-            delegation.attempts,
-            delegation.last_error,
-            delegation.updated_at,
-            delegation.comment_sha256,
-        )
+            queries.SAVE_DELEGATION, d.id, d.state, d.account_id, d.task_kind, d.task_id,
+            d.task_name, d.task_url, d.comment_id, d.attempts, d.last_error, d.updated_at,
+            d.comment_sha256, d.trigger_json, d.acting_id, d.progress_json, d.follow_until,
+            d.checked)
         if changed != 1:
             raise StoreError(f"delegation {delegation.id} does not exist")
+
+    async def get_delegation(self, delegation_id: int) -> Delegation | None:
+        """The delegation with this id, if any."""
+        row = await self._fetchrow(queries.GET_DELEGATION_BY_ID, delegation_id)
+        return delegation_from_row(row) if row is not None else None
+
+    async def list_delegations(
+        self, *, states: Sequence[str] | None, limit: int
+    ) -> list[tuple[Delegation, str | None]]:
+        """See ``SQLiteStore.list_delegations``."""
+        rows = await self._fetch(queries.LIST_DELEGATIONS, limit, ",".join(states or ()))
+        return [(delegation_from_row(row), row[22]) for row in rows]
+
+    async def count_delegations(self) -> dict[str, int]:
+        """How many issues' newest delegations are in each state."""
+        return {str(row[0]): int(row[1]) for row in await self._fetch(queries.COUNT_DELEGATIONS)}
+
+    # -- status checks ------------------------------------------------------------
+    async def claim_checks(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[CheckTarget]:
+        """See ``Store.claim_checks`` (``FOR UPDATE SKIP LOCKED``)."""
+        if limit <= 0:
+            return []
+        rows = await self._fetch(_CLAIM_CHECKS, owner, now, now + lease_seconds, limit)
+        targets = []
+        for account_id, failures in sorted((int(row[0]), int(row[1])) for row in rows):
+            account = await self.get_account(account_id)
+            followed = await self._fetch(queries.FOLLOWED_DELEGATIONS, account_id, now)
+            if account is not None:
+                targets.append(CheckTarget(account, [delegation_from_row(r) for r in followed],
+                                           failures))
+        return targets
+
+    async def finish_checks(
+        self, account_id: int, owner: str, *, next_at: float, failures: int
+    ) -> None:
+        """See ``Store.finish_checks``."""
+        await self._execute(queries.FINISH_CHECKS, account_id, owner, next_at, failures)
+
+    async def request_check(
+        self, delegation: Delegation, *, seen: str, now: float, reason: str
+    ) -> bool:
+        """See ``SQLiteStore.request_check``."""
+        event = orjson.dumps({"delegation_id": delegation.id, "reason": reason,
+                             "seen": seen}).decode()
+        delivery_id = f"check:{delegation.id}:{now:.6f}"
+
+        async def body(conn: Any) -> bool:
+            # Serialise the checks of one issue (two replicas must not both queue one).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               delegation.issue_key)
+            if await conn.fetchval(queries.CHECK_QUEUED, delegation.issue_key):
+                return False
+            await conn.execute(_INSERT_CHECK, delegation.tracker, delivery_id,
+                               delegation.issue_key, event, now)
+            return True
+
+        return bool(await self._transaction(body))
+
+    # -- follow-ups ---------------------------------------------------------------
+    async def add_followup(
+        self, delegation_id: int, *, source: str, text: str, now: float
+    ) -> bool:
+        """Hold a follow-up; False if ``source`` was added before."""
+        return await self._execute(queries.ADD_FOLLOWUP, delegation_id, source, text, now) == 1
+
+    async def queued_followups(self, delegation_id: int) -> list[Followup]:
+        """The follow-ups still waiting, oldest first."""
+        return [followup_from_row(row)
+                for row in await self._fetch(queries.QUEUED_FOLLOWUPS, delegation_id)]
+
+    async def settle_followup(self, followup_id: int, *, sent: bool, now: float) -> None:
+        """Mark a follow-up sent or dropped."""
+        await self._execute(queries.SETTLE_FOLLOWUP, followup_id,
+                            "sent" if sent else "dropped", now)
 
     # -- accounts -------------------------------------------------------------------
     async def link_account(
@@ -412,8 +510,8 @@ class PostgresStore:
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
         for row in await self._fetch(queries.LIST_ACCOUNTS):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
-            if row[7] is not None:
-                entry[1].append(identity_from_row(tuple(row)[7:]))
+            if row[8] is not None:
+                entry[1].append(identity_from_row(tuple(row)[8:]))
         return list(grouped.values())
 
     async def unlink(
@@ -440,6 +538,17 @@ class PostgresStore:
     async def mark_token_used(self, account_id: int, *, now: float) -> None:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
         await self._execute(queries.SET_ACCOUNT_USED, account_id, now)
+
+    async def set_allow_others(
+        self, *, provider: str | None = None, external_id: str | None = None,
+        coder_username: str | None = None, allow: bool,
+    ) -> int:
+        """See ``Store.set_allow_others``."""
+        if coder_username is not None:
+            return await self._execute(queries.SET_ALLOW_OTHERS_BY_USERNAME, coder_username,
+                                       allow)
+        return await self._execute(queries.SET_ALLOW_OTHERS_BY_IDENTITY, provider, external_id,
+                                   allow)
 
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes

@@ -79,6 +79,7 @@ LEFT JOIN jobs AS j
 LEFT JOIN delegations AS g
     ON g.id = (SELECT y.id FROM delegations AS y WHERE y.issue_key = d.issue_key
                ORDER BY y.generation DESC LIMIT 1)
+WHERE d.kind <> 'check'
 ORDER BY d.id DESC
 LIMIT $1
 """
@@ -95,13 +96,33 @@ ON CONFLICT DO NOTHING
 """
 
 # -- delegations -----------------------------------------------------------------------
-_DELEGATION_SELECT = """
-SELECT id, issue_key, generation, tracker, delivery_id, state, account_id, task_kind, task_id,
-    task_name, task_url, comment_id, attempts, last_error, created_at, updated_at, comment_sha256
-FROM delegations
+_DELEGATION_COLUMNS = """
+g.id, g.issue_key, g.generation, g.tracker, g.delivery_id, g.state, g.account_id, g.task_kind,
+g.task_id, g.task_name, g.task_url, g.comment_id, g.attempts, g.last_error, g.created_at,
+g.updated_at, g.comment_sha256, g.trigger_json, g.acting_id, g.progress_json, g.follow_until,
+g.checked
 """
-CURRENT_DELEGATION = _DELEGATION_SELECT + " WHERE issue_key = $1 ORDER BY generation DESC LIMIT 1"
-GET_DELEGATION = _DELEGATION_SELECT + " WHERE issue_key = $1 AND generation = $2"
+_DELEGATION_SELECT = "SELECT" + _DELEGATION_COLUMNS + "FROM delegations AS g"
+CURRENT_DELEGATION = (_DELEGATION_SELECT
+                      + " WHERE g.issue_key = $1 ORDER BY g.generation DESC LIMIT 1")
+GET_DELEGATION = _DELEGATION_SELECT + " WHERE g.issue_key = $1 AND g.generation = $2"
+GET_DELEGATION_BY_ID = _DELEGATION_SELECT + " WHERE g.id = $1"
+# The newest generation of each issue, newest change first, with its Coder username;
+# $2 is a comma-separated list of states, or '' for every state.
+LIST_DELEGATIONS = ("SELECT" + _DELEGATION_COLUMNS + ", a.coder_username"  # noqa: S608 (constants)
+                    + " FROM delegations AS g LEFT JOIN accounts AS a ON a.id = g.account_id"
+                    + " WHERE g.generation = (SELECT max(x.generation) FROM delegations AS x"
+                    + " WHERE x.issue_key = g.issue_key)"
+                    + " AND ($2 = '' OR (',' || $2 || ',') LIKE ('%,' || g.state || ',%'))"
+                    + " ORDER BY g.updated_at DESC, g.id DESC LIMIT $1")
+COUNT_DELEGATIONS = """
+SELECT g.state, count(*) FROM delegations AS g
+WHERE g.generation = (SELECT max(x.generation) FROM delegations AS x
+                      WHERE x.issue_key = g.issue_key)
+GROUP BY g.state
+"""
+FOLLOWED_DELEGATIONS = (_DELEGATION_SELECT
+                        + " WHERE g.account_id = $1 AND g.follow_until >= $2 ORDER BY g.id")
 INSERT_DELEGATION = """
 INSERT INTO delegations
     (issue_key, generation, tracker, delivery_id, state, created_at, updated_at)
@@ -112,13 +133,37 @@ SAVE_DELEGATION = """
 UPDATE delegations
 SET state = $2, account_id = $3, task_kind = $4, task_id = $5, task_name = $6,
     task_url = $7, comment_id = $8, attempts = $9, last_error = $10, updated_at = $11,
-    comment_sha256 = $12
+    comment_sha256 = $12, trigger_json = $13, acting_id = $14, progress_json = $15,
+    follow_until = $16, checked = $17
 WHERE id = $1
 """
+# A queued status check of the issue exists already ($1: issue key).
+CHECK_QUEUED = """
+SELECT 1 FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_ref
+WHERE j.issue_key = $1 AND j.status = 'queued' AND d.kind = 'check'
+"""
+
+# -- status checks ---------------------------------------------------------------------
+FINISH_CHECKS = """
+UPDATE accounts SET check_at = $3, check_failures = $4, check_owner = NULL, check_until = NULL
+WHERE id = $1 AND check_owner = $2
+"""
+
+# -- follow-ups --------------------------------------------------------------------------
+ADD_FOLLOWUP = """
+INSERT INTO followups (delegation_id, source, text, created_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (delegation_id, source) DO NOTHING
+"""
+QUEUED_FOLLOWUPS = """
+SELECT id, delegation_id, source, text, created_at FROM followups
+WHERE delegation_id = $1 AND status = 'queued' ORDER BY id
+"""
+SETTLE_FOLLOWUP = "UPDATE followups SET status = $2, sent_at = $3 WHERE id = $1"
 
 # -- accounts --------------------------------------------------------------------------
 _ACCOUNT_COLUMNS = """
-a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status, a.last_used_at
+a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status, a.last_used_at,
+a.allow_others
 """
 UPSERT_ACCOUNT = """
 INSERT INTO accounts
@@ -127,7 +172,8 @@ VALUES ($1, $2, $3, $4, 'valid', $5, $5)
 ON CONFLICT (coder_user_id) DO UPDATE
 SET coder_username = excluded.coder_username, key_id = excluded.key_id,
     ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
-RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at
+RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at,
+    allow_others
 """
 UPSERT_IDENTITY = """
 INSERT INTO identities (provider, external_id, login, account_id, linked_at)
@@ -166,6 +212,11 @@ SET_ACCOUNT_USED = """
 UPDATE accounts SET last_used_at = $2
 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)
 """
+SET_ALLOW_OTHERS_BY_IDENTITY = """
+UPDATE accounts SET allow_others = $3
+WHERE id = (SELECT account_id FROM identities WHERE provider = $1 AND external_id = $2)
+"""
+SET_ALLOW_OTHERS_BY_USERNAME = "UPDATE accounts SET allow_others = $2 WHERE coder_username = $1"
 REPLACE_CIPHERTEXT = """
 UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
 WHERE id = $1 AND ciphertext = $2

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import orjson
 
 from service.errors import StoreError
 from service.store import (
@@ -45,6 +46,7 @@ from service.store import (
     delegation_from_row,
     delivery_record_from_row,
     first_wins,
+    followup_from_row,
     identity_from_row,
     job_from_row,
     load_migrations,
@@ -52,8 +54,10 @@ from service.store import (
 )
 from service.store.base import (
     Account,
+    CheckTarget,
     Delegation,
     DeliveryRecord,
+    Followup,
     Identity,
     Job,
     NewDelivery,
@@ -67,7 +71,7 @@ _Row = Sequence[Any]
 _Body = Callable[[aiosqlite.Connection], Awaitable[_T]]
 
 _MIN_SQLITE = (3, 37, 0)  # STRICT tables; RETURNING and UPSERT are older
-#: Rows per INSERT statement in ``accept`` (6 parameters each, well under SQLite's
+#: Rows per INSERT statement in ``accept`` (7 parameters each, well under SQLite's
 #: default limit of 32766 bound parameters).
 ACCEPT_CHUNK = 1000
 _SESSION_PRAGMAS = (
@@ -96,7 +100,7 @@ _RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_at) V
 
 _INSERT_DELIVERIES = (
     "INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at,"
-    " body_sha256) VALUES "
+    " body_sha256, kind) VALUES "
 )
 _ON_CONFLICT_RETURNING = " ON CONFLICT DO NOTHING RETURNING tracker, delivery_id"
 
@@ -106,7 +110,7 @@ def _insert_deliveries(rows: int) -> str:
     """The multi-row INSERT of ``accept`` for ``rows`` deliveries; it returns (tracker,
     delivery_id) of each new row. A conflict on either unique key (delivery id, body
     hash) skips the row."""
-    return _INSERT_DELIVERIES + ",".join(["(?,?,?,?,?,?)"] * rows) + _ON_CONFLICT_RETURNING
+    return _INSERT_DELIVERIES + ",".join(["(?,?,?,?,?,?,?)"] * rows) + _ON_CONFLICT_RETURNING
 
 
 # Two candidate streams merged in (run_at, id) order: due queued jobs (walked on
@@ -151,7 +155,8 @@ RETURNING id,
     (SELECT d.delivery_id FROM deliveries AS d WHERE d.id = jobs.delivery_ref),
     issue_key,
     (SELECT d.event_json FROM deliveries AS d WHERE d.id = jobs.delivery_ref),
-    attempts, lease_owner, lease_until, run_at
+    attempts, lease_owner, lease_until, run_at,
+    (SELECT d.kind FROM deliveries AS d WHERE d.id = jobs.delivery_ref)
 """
 # One process serves an SQLite database: whatever another owner holds is left over
 # from the process before this one.
@@ -161,6 +166,24 @@ UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, lease_until 
 WHERE status = 'running' AND lease_owner <> ?1
 """
 _DELETE_OTHER_WORKERS = "DELETE FROM workers WHERE id <> ?1"
+# Accounts due for a status check, oldest schedule first, leased to :owner.
+_CLAIM_CHECKS = """
+UPDATE accounts SET check_owner = :owner, check_until = :until
+WHERE id IN (
+    SELECT a.id FROM accounts AS a
+    WHERE a.token_status = 'valid'
+      AND (a.check_at IS NULL OR a.check_at <= :now)
+      AND (a.check_owner IS NULL OR a.check_until < :now)
+      AND EXISTS (SELECT 1 FROM delegations AS g
+                  WHERE g.account_id = a.id AND g.follow_until >= :now)
+    ORDER BY coalesce(a.check_at, 0), a.id
+    LIMIT :limit)
+RETURNING id, check_failures
+"""
+_INSERT_CHECK = """
+INSERT INTO deliveries (tracker, delivery_id, issue_key, event_json, received_at, kind)
+VALUES (?1, ?2, ?3, ?4, ?5, 'check')
+"""
 
 #: The shared statements, in SQLite's parameter style, by name.
 _Q = {name: for_sqlite(value) for name, value in vars(queries).items()
@@ -353,7 +376,7 @@ class SQLiteStore:
                 params: list[Any] = []
                 for d in chunk:
                     params += (d.tracker, d.delivery_id, d.issue_key, d.event_json,
-                               float(d.received_at), d.body_sha256)
+                               float(d.received_at), d.body_sha256, d.kind)
                 rows = await conn.execute_fetchall(_insert_deliveries(len(chunk)), params)
                 inserted.update((row[0], row[1]) for row in rows)
             return inserted
@@ -478,11 +501,86 @@ class SQLiteStore:
 
         Raises ``StoreError`` if no such row exists.
         """
-        d = delegation
-        params = (d.id, d.state, d.account_id, d.task_kind, d.task_id, d.task_name, d.task_url,
-                  d.comment_id, d.attempts, d.last_error, d.updated_at, d.comment_sha256)
-        if await self._rowcount(_Q["SAVE_DELEGATION"], params) != 1:
+        if await self._rowcount(_Q["SAVE_DELEGATION"], _save_params(delegation)) != 1:
             raise StoreError(f"delegation {delegation.id} does not exist")
+
+    async def get_delegation(self, delegation_id: int) -> Delegation | None:
+        """The delegation with this id, if any."""
+        row = await self._fetchone(_Q["GET_DELEGATION_BY_ID"], (delegation_id,))
+        return delegation_from_row(row) if row is not None else None
+
+    async def list_delegations(
+        self, *, states: Sequence[str] | None, limit: int
+    ) -> list[tuple[Delegation, str | None]]:
+        """Newest change first (the newest generation of each issue), with the Coder
+        username each runs as."""
+        rows = await self._fetchall(_Q["LIST_DELEGATIONS"], (limit, ",".join(states or ())))
+        return [(delegation_from_row(row), row[22]) for row in rows]
+
+    async def count_delegations(self) -> dict[str, int]:
+        """How many issues' newest delegations are in each state."""
+        return {str(row[0]): int(row[1])
+                for row in await self._fetchall(_Q["COUNT_DELEGATIONS"])}
+
+    # -- status checks ------------------------------------------------------------
+    async def claim_checks(
+        self, owner: str, *, now: float, lease_seconds: float, limit: int
+    ) -> list[CheckTarget]:
+        """See ``Store.claim_checks``."""
+        if limit <= 0:
+            return []
+        params = {"owner": owner, "now": now, "until": now + lease_seconds, "limit": limit}
+        claimed = sorted((int(row[0]), int(row[1]))
+                         for row in await self._fetchall(_CLAIM_CHECKS, params))
+        targets = []
+        for account_id, failures in claimed:
+            account = await self.get_account(account_id)
+            rows = await self._fetchall(_Q["FOLLOWED_DELEGATIONS"], (account_id, now))
+            if account is not None:
+                targets.append(CheckTarget(account, [delegation_from_row(r) for r in rows],
+                                           failures))
+        return targets
+
+    async def finish_checks(
+        self, account_id: int, owner: str, *, next_at: float, failures: int
+    ) -> None:
+        """See ``Store.finish_checks``."""
+        await self._rowcount(_Q["FINISH_CHECKS"], (account_id, owner, next_at, failures))
+
+    async def request_check(
+        self, delegation: Delegation, *, seen: str, now: float, reason: str
+    ) -> bool:
+        """See ``Store.request_check``: the check is a delivery of kind ``check`` (its job
+        made with it), so it runs in the issue's turn among its other jobs."""
+        event = orjson.dumps({"delegation_id": delegation.id, "reason": reason,
+                             "seen": seen}).decode()
+        delivery_id = f"check:{delegation.id}:{now:.6f}"
+
+        async def body(conn: aiosqlite.Connection) -> bool:
+            if list(await conn.execute_fetchall(_Q["CHECK_QUEUED"], (delegation.issue_key,))):
+                return False
+            await conn.execute(_INSERT_CHECK, (delegation.tracker, delivery_id,
+                                               delegation.issue_key, event, now))
+            return True
+
+        return await self._run(body, begin="BEGIN IMMEDIATE")
+
+    # -- follow-ups ---------------------------------------------------------------
+    async def add_followup(
+        self, delegation_id: int, *, source: str, text: str, now: float
+    ) -> bool:
+        """Hold a follow-up; False if ``source`` was added before."""
+        return await self._rowcount(_Q["ADD_FOLLOWUP"], (delegation_id, source, text, now)) == 1
+
+    async def queued_followups(self, delegation_id: int) -> list[Followup]:
+        """The follow-ups still waiting, oldest first."""
+        return [followup_from_row(row)
+                for row in await self._fetchall(_Q["QUEUED_FOLLOWUPS"], (delegation_id,))]
+
+    async def settle_followup(self, followup_id: int, *, sent: bool, now: float) -> None:
+        """Mark a follow-up sent or dropped."""
+        await self._rowcount(_Q["SETTLE_FOLLOWUP"],
+                             (followup_id, "sent" if sent else "dropped", now))
 
     # -- accounts -------------------------------------------------------------------
     async def link_account(
@@ -527,8 +625,8 @@ class SQLiteStore:
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
         for row in await self._fetchall(_Q["LIST_ACCOUNTS"]):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
-            if row[7] is not None:
-                entry[1].append(identity_from_row(row[7:]))
+            if row[8] is not None:
+                entry[1].append(identity_from_row(row[8:]))
         return list(grouped.values())
 
     async def unlink(
@@ -583,6 +681,17 @@ class SQLiteStore:
         """Set ``last_used_at`` to ``now`` unless it is already later."""
         await self._rowcount(_Q["SET_ACCOUNT_USED"], (account_id, now))
 
+    async def set_allow_others(
+        self, *, provider: str | None = None, external_id: str | None = None,
+        coder_username: str | None = None, allow: bool,
+    ) -> int:
+        """See ``Store.set_allow_others``."""
+        if coder_username is not None:
+            return await self._rowcount(_Q["SET_ALLOW_OTHERS_BY_USERNAME"],
+                                        (coder_username, int(allow)))
+        return await self._rowcount(_Q["SET_ALLOW_OTHERS_BY_IDENTITY"],
+                                    (provider, external_id, int(allow)))
+
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes
     ) -> bool:
@@ -590,6 +699,13 @@ class SQLiteStore:
         holds ``old_ciphertext``; True if swapped."""
         params = (account_id, old_ciphertext, key_id, ciphertext, time.time())
         return await self._rowcount(_Q["REPLACE_CIPHERTEXT"], params) == 1
+
+
+def _save_params(d: Delegation) -> tuple[Any, ...]:
+    """The parameters of ``SAVE_DELEGATION``, in its order."""
+    return (d.id, d.state, d.account_id, d.task_kind, d.task_id, d.task_name, d.task_url,
+            d.comment_id, d.attempts, d.last_error, d.updated_at, d.comment_sha256,
+            d.trigger_json, d.acting_id, d.progress_json, d.follow_until, d.checked)
 
 
 # -- connection helpers ---------------------------------------------------------------

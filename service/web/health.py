@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.core.work import DELEGATION_STATES
 from service.errors import StoreError
 from service.logging import get_logger
 from service.store.base import Store
@@ -82,10 +83,10 @@ class Readiness:
 class MetricsEndpoint:
     """``GET /metrics``: Prometheus text exposition of ``service.metrics.REGISTRY``.
 
-    Queue depth and the oldest job's age are read from the store at scrape time,
-    so every replica reports the shared queue as it is now. If the store does not
-    answer (or not in time), the gauges keep their last values and the scrape still
-    succeeds; any other error is a bug and fails the scrape.
+    Queue depth, the oldest job's age and the delegations by state are read from the
+    store at scrape time, so every replica reports the shared state as it is now. If
+    the store does not answer (or not in time), the gauges keep their last values and
+    the scrape still succeeds; any other error is a bug and fails the scrape.
     """
 
     store: Store
@@ -96,9 +97,12 @@ class MetricsEndpoint:
         try:
             depth, oldest = await asyncio.wait_for(
                 self.store.queue_stats(now=self.clock()), self.timeout)
+            by_state = await asyncio.wait_for(self.store.count_delegations(), self.timeout)
         except (StoreError, TimeoutError) as exc:
             log.warning("queue_stats_unavailable", error=str(exc))
         else:
             metrics.QUEUE_DEPTH.set(depth)
             metrics.QUEUE_OLDEST_AGE.set(oldest)
+            for state in DELEGATION_STATES:
+                metrics.DELEGATIONS_BY_STATE.labels(state).set(by_state.get(state, 0))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from service import metrics
-from service.core.events import Decision, Ignored, Ping
+from service.core.events import Change, Comment, Decision, Ignored, Ping, Trigger
 from service.errors import (
     PayloadTooLarge,
     ServerBusy,
@@ -52,6 +52,10 @@ log = get_logger("service.web")
 
 #: Seconds a tracker is asked to wait before sending again when the bridge is busy.
 RETRY_AFTER_SECONDS = 5
+
+
+#: The kind of job each decision that asks for work is stored as.
+_KINDS: dict[type, str] = {Trigger: "trigger", Comment: "comment", Change: "change"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ class WebhookEndpoint:
             log.info("webhook_ping")
             return _json(200, status="pong")
         if isinstance(decision, Ignored):
-            _count(tracker, "ignored", "")
+            _count(tracker, "ignored", decision.code)
             log.info("webhook_ignored", reason=decision.reason)
             return _json(200, status="ignored", reason=decision.reason)
         event = decision.event
@@ -175,7 +179,8 @@ class WebhookEndpoint:
         delivery = NewDelivery(tracker=tracker, delivery_id=event.delivery_id,
                                issue_key=event.issue_key, event_json=event.to_json(),
                                received_at=self.clock(),
-                               body_sha256=hashlib.sha256(body).hexdigest())
+                               body_sha256=hashlib.sha256(body).hexdigest(),
+                               kind=_KINDS[type(decision)])
         try:
             is_new = await self.committer.submit(delivery)
         except StoreError as exc:

@@ -8,6 +8,8 @@ their jobs run again within seconds rather than after their lease. With SQLite
 (one process per database) a starting worker takes back at once every job the
 process before it held. ``stop()`` stops claiming, gives running jobs ``grace``
 seconds, then cancels and releases the rest, so nothing acknowledged is lost.
+The worker also runs the status rounds (``service.worker.sync``), which queue check
+jobs for running work that changed.
 """
 
 from __future__ import annotations
@@ -27,14 +29,9 @@ from service.config import WorkerConfig
 from service.core.retry import RetryIn, decide_retry
 from service.logging import get_logger
 from service.store.base import Job, Store
-from service.worker.delegator import (
-    Deferred,
-    Delegator,
-    Done,
-    Failed,
-    JobResult,
-    RetryLater,
-)
+from service.worker.delegator import Delegator
+from service.worker.results import Deferred, Done, Failed, JobResult, RetryLater
+from service.worker.sync import StatusRounds
 
 log = get_logger("service.worker")
 
@@ -71,6 +68,8 @@ class Worker:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self.rounds = StatusRounds(delegator.ctx, owner=self.owner, on_queued=self.wake,
+                                   clock=clock)
 
     def wake(self) -> None:
         """New work was enqueued: look for it now instead of at the next poll."""
@@ -86,6 +85,7 @@ class Worker:
                         note="held by the process before this one, which did not stop cleanly")
         self._loop_task = asyncio.create_task(self.run(), name="worker-loop")
         self._beat_task = asyncio.create_task(self._beat(), name="worker-heartbeat")
+        self.rounds.start()
 
     @property
     def alive(self) -> bool:
@@ -204,6 +204,7 @@ class Worker:
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; wait up to ``grace`` seconds for running jobs; release the rest."""
+        await self.rounds.stop()
         self._stopping.set()
         self._wakeup.set()
         if self._loop_task is not None:

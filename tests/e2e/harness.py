@@ -26,15 +26,17 @@ import httpx
 
 from tests.conftest import (
     GITHUB_SECRET,
+    LINEAR_FIXTURE,
     LINEAR_SECRET,
     REPO,
     fixture_bytes,
     github_headers,
     linear_delivery,
     sign_github,
+    sign_linear,
 )
 from tests.fakes.coder import FakeCoder
-from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
+from tests.fakes.github import DEFAULT_LOGIN, DEFAULT_TOKEN, FakeGitHub
 from tests.fakes.linear import DEFAULT_API_KEY, FIXTURE_ISSUE_ID, FakeLinear
 from tests.fakes.server import free_port, serve_in_thread
 
@@ -44,6 +46,12 @@ ENCRYPTION_KEY = base64.b64encode(b"e2e-test-key-32-bytes-long-....."[:32]).deco
 AUTHOR_GITHUB_ID = "21031067"  # Codertocat, the author in every GitHub fixture
 AUTHOR_LINEAR_ID = "5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10"  # Ada, creator of the Linear fixture
 REPOSITORY = "Codertocat/Hello-World"
+
+
+def _is_reply(body: str) -> bool:
+    """Whether a bridge comment is a short reply to a command (not the status comment)."""
+    return not body.startswith(("**Starting**", "**Working**", "**Needs input**", "**Done**",
+                                "**Failed**", "**Stopped**", "**Waiting"))
 
 
 def wait_for(condition: Callable[[], T], *, timeout: float = 15.0, what: str = "condition") -> T:
@@ -129,6 +137,7 @@ webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
 api_url = "{self.github_url}"
 token = "env:GITHUB_TOKEN"
 trigger_label = "bug"
+status_labels = {str(s.get("status_labels", False)).lower()}
 
 [linear]
 webhook_secret = "env:LINEAR_WEBHOOK_SECRET"
@@ -137,6 +146,12 @@ api_key = "env:LINEAR_API_KEY"
 
 [delegation]
 acting_user = {s.get("acting_user", '["author"]')}
+
+[sync]
+interval = {s.get("sync_interval", 1)}
+stop_on_unlabel = {str(s.get("stop_on_unlabel", True)).lower()}
+stop_on_close = {str(s.get("stop_on_close", True)).lower()}
+max_runtime = {s.get("max_runtime", 0)}
 
 [worker]
 concurrency = 4
@@ -256,6 +271,124 @@ poll_interval = 0.05
 
     def comments(self, number: int = 1) -> list[dict[str, Any]]:
         return self.github.comments(REPOSITORY, number)
+
+    def bridge_comments(self, number: int = 1) -> list[dict[str, Any]]:
+        """The comments the bridge's account wrote on the issue."""
+        return [c for c in self.comments(number) if c["user"]["login"] == DEFAULT_LOGIN]
+
+    def status(self, number: int = 1) -> str:
+        """The first line of the bridge's status comment (the state in bold)."""
+        [comment] = [c for c in self.bridge_comments(number) if c["body"].startswith("**")
+                     and "coder-bridge:" in c["body"] and not _is_reply(c["body"])]
+        return str(comment["body"]).splitlines()[0]
+
+    def wait_for_status(self, state: str, *, contains: str = "", number: int = 1,
+                        timeout: float = 20.0) -> dict[str, Any]:
+        """The bridge's status comment once its first line starts with ``**state**`` (and
+        its body contains ``contains``)."""
+        def shown() -> dict[str, Any] | None:
+            for comment in self.bridge_comments(number):
+                body = str(comment["body"])
+                if body.startswith(f"**{state}**") and contains in body:
+                    return comment
+            return None
+
+        return wait_for(shown, timeout=timeout, what=f"the status comment to show {state}"
+                        + (f" with {contains!r}" if contains else ""))
+
+    def send_github(self, event: str, payload: dict[str, Any], delivery_id: str
+                    ) -> httpx.Response:
+        """POST ``payload`` as a signed GitHub delivery of ``event``."""
+        body = json.dumps(payload).encode()
+        headers = github_headers("issues__labeled.json")
+        headers.update({"X-GitHub-Event": event, "X-GitHub-Delivery": delivery_id,
+                        "X-Hub-Signature-256": sign_github(body)})
+        headers.pop("X-Hub-Signature", None)
+        return httpx.post(f"{self.url}/webhooks/github", content=body, headers=headers,
+                          timeout=10)
+
+    def say(self, text: str, *, user_id: int = int(AUTHOR_GITHUB_ID),
+            login: str = "Codertocat", user_type: str = "User", number: int = 1) -> int:
+        """Someone comments ``text`` on the issue: the comment appears on the GitHub fake
+        and its ``issue_comment`` ``created`` delivery reaches the bridge. Returns its id."""
+        comment_id = self.github.add_comment(REPOSITORY, number, text, login=login)
+        [stored] = [c for c in self.comments(number) if c["id"] == comment_id]
+        stored["user"].update(id=user_id, type=user_type)
+        labeled = json.loads(fixture_bytes("github/issues__labeled.json"))
+        labeled["issue"]["number"] = number
+        sender = {**labeled["sender"], "login": login, "id": user_id, "type": user_type}
+        payload = {"action": "created", "issue": labeled["issue"], "comment": stored,
+                   "repository": labeled["repository"], "sender": sender}
+        answer = self.send_github("issue_comment", payload, f"comment-{comment_id}")
+        assert answer.status_code == 200, answer.text
+        return comment_id
+
+    def unlabel(self, delivery_id: str, *, sender_id: int = int(AUTHOR_GITHUB_ID),
+                sender_login: str = "Codertocat") -> httpx.Response:
+        """The trigger label is removed from issue 1 by ``sender``."""
+        payload = json.loads(fixture_bytes("github/issues__unlabeled.json"))
+        payload["sender"].update(id=sender_id, login=sender_login)
+        return self.send_github("issues", payload, delivery_id)
+
+    def close_issue(self, delivery_id: str, *, sender_id: int = int(AUTHOR_GITHUB_ID),
+                    sender_login: str = "Codertocat") -> httpx.Response:
+        """Issue 1 is closed (as completed) by ``sender``."""
+        payload = json.loads(fixture_bytes("github/issues__labeled.json"))
+        payload["action"] = "closed"
+        payload.pop("label", None)
+        payload["issue"].update(state="closed", state_reason="completed",
+                                closed_at=payload["issue"]["updated_at"])
+        payload["sender"].update(id=sender_id, login=sender_login)
+        return self.send_github("issues", payload, delivery_id)
+
+    def send_linear(self, payload: dict[str, Any], delivery_id: str) -> httpx.Response:
+        """POST ``payload`` as a signed, fresh Linear delivery."""
+        payload["webhookTimestamp"] = round(time.time() * 1000)
+        body = json.dumps(payload).encode()
+        _, headers = linear_delivery()
+        headers.update({"Linear-Delivery": delivery_id, "Linear-Signature": sign_linear(body),
+                        "Linear-Event": str(payload["type"])})
+        return httpx.post(f"{self.url}/webhooks/linear", content=body, headers=headers,
+                          timeout=10)
+
+    def say_on_linear(self, text: str, *, user_id: str = AUTHOR_LINEAR_ID,
+                      name: str = "Ada Lovelace") -> str:
+        """Someone comments ``text`` on the Linear fixture's issue; returns its id."""
+        comment_id = self.linear.add_comment(FIXTURE_ISSUE_ID, text, user=name)
+        issue = json.loads(fixture_bytes(LINEAR_FIXTURE))["data"]
+        payload = {
+            "action": "create", "type": "Comment", "createdAt": issue["updatedAt"],
+            "organizationId": "dc844923-f9a4-40a3-825c-dea7747e57d6",
+            "url": f"{issue['url']}#comment-{comment_id[:8]}",
+            "webhookId": "000042e3-d123-4980-b49f-8e140eef9329",
+            "data": {"id": comment_id, "body": text, "issueId": FIXTURE_ISSUE_ID,
+                     "userId": user_id, "user": {"id": user_id, "name": name},
+                     "issue": {key: issue[key] for key in
+                               ("id", "identifier", "title", "url", "teamId", "team")},
+                     "botActor": None, "createdAt": issue["updatedAt"],
+                     "updatedAt": issue["updatedAt"], "reactionData": {}},
+        }
+        answer = self.send_linear(payload, f"linear-comment-{comment_id}")
+        assert answer.status_code == 200, answer.text
+        return comment_id
+
+    def change_linear_issue(self, delivery_id: str, *, state_type: str | None = None,
+                            remove_trigger_label: bool = False) -> httpx.Response:
+        """An ``Issue`` ``update`` of the fixture's issue: moved to a state of
+        ``state_type``, or with the trigger label removed."""
+        payload = json.loads(fixture_bytes(LINEAR_FIXTURE))
+        data = payload["data"]
+        if state_type is not None:
+            payload["updatedFrom"] = {"stateId": data["stateId"]}
+            data["state"] = {"id": "s-closed", "name": state_type.title(), "color": "#000",
+                             "type": state_type}
+            data["stateId"] = "s-closed"
+        if remove_trigger_label:
+            payload["updatedFrom"] = {"labelIds": list(data["labelIds"])}
+            trigger = [label for label in data["labels"] if label["name"] == "delegate-to-agent"]
+            data["labelIds"] = [i for i in data["labelIds"] if i != trigger[0]["id"]]
+            data["labels"] = [label for label in data["labels"] if label not in trigger]
+        return self.send_linear(payload, delivery_id)
 
     def rss_bytes(self) -> int:
         """The bridge process's resident memory now."""

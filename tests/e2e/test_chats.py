@@ -100,10 +100,11 @@ def test_server_upgraded_under_the_bridge_switches_from_tasks_to_chats(tmp_path:
                                                                   b'"number": 2,')
         bridge.deliver(body=body, delivery_id="ffffffff-0000-0000-0000-000000000006",
                        headers={"X-Hub-Signature-256": sign_github(body)})
-        wait_for(lambda: bridge.github.comments("Codertocat/Hello-World", 2), timeout=30,
-                 what="the second issue's comment")
-        [comment] = bridge.github.comments("Codertocat/Hello-World", 2)
-        assert "/agents/" in comment["body"], comment["body"]
+        wait_for(lambda: "/agents/" in "".join(
+            c["body"] for c in bridge.github.comments("Codertocat/Hello-World", 2)),
+            timeout=30, what="the second issue's comment to link the chat")
+        [comment] = bridge.github.comments("Codertocat/Hello-World", 2)  # one, edited
+        assert comment["body"].startswith("**Starting** · [open the Coder Agents chat]")
         [chat] = bridge.coder.chats
         [workspace] = bridge.coder.workspaces  # the route's template still means something
         assert chat["workspace_id"] == workspace["id"]

@@ -177,10 +177,16 @@ ROUTES: tuple[FakeRoute, ...] = (
     FakeRoute("POST", "/tasks/{user}", "create_task", "_create_task", "tasks"),
     FakeRoute("GET", "/tasks/{user}/{task}", "get_task", "_get_task", "tasks"),
     FakeRoute("DELETE", "/tasks/{user}/{task}", "delete_task", "_delete_task", "tasks"),
+    FakeRoute("POST", "/tasks/{user}/{task}/send", "send_task_input", "_send_task", "tasks"),
+    FakeRoute("POST", "/tasks/{user}/{task}/pause", "pause_task", "_pause_task", "pause"),
+    FakeRoute("POST", "/tasks/{user}/{task}/resume", "resume_task", "_resume_task", "pause"),
     FakeRoute("POST", "/chats", "create_chat", "_create_chat", "chats"),
     FakeRoute("GET", "/chats", "list_chats", "_list_chats", "chats"),
     FakeRoute("GET", "/chats/{chat}", "get_chat", "_get_chat", "chats"),
     FakeRoute("PATCH", "/chats/{chat}", "update_chat", "_update_chat", "chats"),
+    FakeRoute("GET", "/chats/{chat}/messages", "list_chat_messages", "_list_messages", "chats"),
+    FakeRoute("POST", "/chats/{chat}/messages", "send_chat_message", "_send_message", "chats"),
+    FakeRoute("POST", "/chats/{chat}/interrupt", "interrupt_chat", "_interrupt_chat", "chats"),
 )
 
 
@@ -206,18 +212,19 @@ _V2: Final = "/api/v2"
 _EXP: Final = "/api/experimental"
 
 MODES: dict[str, ModeSpec] = {
-    # <= v2.28: Tasks only under the experimental prefix.
+    # <= v2.28: Tasks only under the experimental prefix (no pause and resume before v2.31).
     "tasks-experimental": ModeSpec("v2.28.3", {"core": (_V2,), "tasks": (_EXP,)}),
     # ≈ v2.31 - v2.33.0: Tasks, and experimental Chats behind the 'agents' experiment.
     "tasks-gated": ModeSpec(
         "v2.32.0",
-        {"core": (_V2,), "tasks": (_V2, _EXP), "chats": (_EXP,)},
+        {"core": (_V2,), "tasks": (_V2, _EXP), "pause": (_V2, _EXP), "chats": (_EXP,)},
         gated=("chats",),
         chat_era="legacy",
     ),
     # v2.29 - v2.36: /api/v2/tasks with the experimental alias kept; from ≈ v2.33.1
     # ungated experimental Chats as well.
-    "tasks": ModeSpec("v2.36.1", {"core": (_V2,), "tasks": (_V2, _EXP), "chats": (_EXP,)}),
+    "tasks": ModeSpec("v2.36.1", {"core": (_V2,), "tasks": (_V2, _EXP),
+                                  "pause": (_V2, _EXP), "chats": (_EXP,)}),
     # v2.37.x: Tasks removed; Chats on /api/v2 and (one release) /api/experimental.
     "both": ModeSpec("v2.37.2", {"core": (_V2,), "chats": (_V2, _EXP)}),
     # v2.38+: Chats on /api/v2 only.
@@ -348,6 +355,12 @@ class FakeCoder:
         self._tasks: dict[str, dict[str, Any]] = {}
         self._task_presets: dict[str, str | None] = {}
         self._chats: dict[str, dict[str, Any]] = {}
+        self._chat_messages: dict[str, list[dict[str, Any]]] = {}
+        self._chat_queues: dict[str, list[dict[str, Any]]] = {}
+        self._message_ids = iter(range(1, 10**9))
+        self._task_inputs: dict[str, list[tuple[str, str]]] = {}
+        self._stops: list[tuple[str, str, str]] = []
+        self.agent_busy: set[str] = set()
         self._workspaces: dict[str, dict[str, Any]] = {}
         self._workspace_polls: dict[str, int] = {}
         self._workspace_presets: dict[str, str | None] = {}
@@ -481,8 +494,10 @@ class FakeCoder:
         status: str | None = None,
         state: str | None = None,
         message: str = "",
+        uri: str = "",
     ) -> None:
-        """Move a task (uuid or name) along: set ``status`` and/or ``current_state.state``."""
+        """Move a task (uuid or name) along: set ``status`` and/or ``current_state``
+        (``state``, the agent's ``message`` and ``uri``, as ``coder_report_task`` does)."""
         with self._lock:
             record = self._task_by_id_or_name(task)
             if status is not None:
@@ -492,8 +507,26 @@ class FakeCoder:
                     "timestamp": _now(),
                     "state": state,
                     "message": message,
-                    "uri": "",
+                    "uri": uri,
                 }
+            record["updated_at"] = _now()
+
+    def task_inputs(self, task: str) -> list[tuple[str, str]]:
+        """The follow-ups a task took (``send`` answered 204), as ``(username, input)``."""
+        with self._lock:
+            return list(self._task_inputs.get(self._task_by_id_or_name(task)["id"], []))
+
+    @property
+    def stops(self) -> list[tuple[str, str, str]]:
+        """Every stop the fake carried out, as ``(call, id, username)``: ``pause`` or
+        ``delete`` of a task, ``interrupt`` or ``archive`` of a chat."""
+        with self._lock:
+            return list(self._stops)
+
+    def delete_task_now(self, task: str) -> None:
+        """The task is deleted by someone else (later reads answer 404)."""
+        with self._lock:
+            del self._tasks[self._task_by_id_or_name(task)["id"]]
 
     def enable_experiment(self, name: str) -> None:
         """Turn on a server experiment (``"agents"`` opens gated experimental Chats)."""
@@ -519,10 +552,13 @@ class FakeCoder:
         summary: str | None = None,
         updated_at: datetime | None = None,
         archived: bool | None = None,
+        pr_url: str | None = None,
+        answer: str | None = None,
     ) -> None:
         """Move a chat along: new ``status``, ``last_error`` (a message or a ChatError
         object; rendered per era), optional ``last_turn_summary`` and ``updated_at``
-        (default: now), and ``archived``."""
+        (default: now), ``archived``, the pull request in ``diff_status`` (``pr_url``),
+        and a new assistant message (``answer``)."""
         with self._lock:
             record = self._chats[chat]
             record["status"] = status
@@ -531,7 +567,21 @@ class FakeCoder:
                 record["last_turn_summary"] = summary
             if archived is not None:
                 record["archived"] = archived
+            if pr_url is not None:
+                record["diff_status"] = _diff_status(pr_url)
+            if answer is not None:
+                self._add_message(chat, "assistant", answer)
             record["updated_at"] = _stamp(updated_at) if updated_at else _now()
+
+    def chat_messages(self, chat: str) -> list[dict[str, Any]]:
+        """Copies of a chat's messages, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._chat_messages.get(chat, []))
+
+    def queued_messages(self, chat: str) -> list[dict[str, Any]]:
+        """Copies of the messages Coder holds until the agent's turn ends, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._chat_queues.get(chat, []))
 
     def add_workspace(
         self, username: str, name: str, template: FakeTemplate, *, status: str = "running"
@@ -936,7 +986,51 @@ class FakeCoder:
         if task is None:
             return _error(404, RESOURCE_NOT_FOUND)
         del self._tasks[task["id"]]
+        self._stops.append(("delete", task["id"], task["owner_name"]))
         return Response(status_code=202)
+
+    def _send_task(self, call: Call) -> Response:
+        """``send`` (reference section 13.4): 204 when the task is active and its agent
+        idle; 400 when it is not active; 502 while the agent works (no queue)."""
+        task = self._visible_task(call)
+        if task is None:
+            return _error(404, RESOURCE_NOT_FOUND)
+        req = _json_object(call.body)
+        if isinstance(req, Response):
+            return req
+        text = req.get("input")
+        if not isinstance(text, str) or not text.strip():
+            return _error(400, "Task input is required.")
+        if task["status"] != "active":
+            return _error(400, "Task status must be active.",
+                          detail=f'Task status is "{task["status"]}", it must be "active" '
+                                 "to interact with the task.")
+        state = (task["current_state"] or {}).get("state")
+        if state == "working" or task["id"] in self.agent_busy:
+            return _error(502, "Task app is not ready to accept input.", detail="Status: running")
+        assert call.user is not None
+        self._task_inputs.setdefault(task["id"], []).append((call.user.username, text))
+        task["current_state"] = {"timestamp": _now(), "state": "working", "message": "",
+                                 "uri": ""}
+        return Response(status_code=204)
+
+    def _pause_task(self, call: Call) -> Response:
+        task = self._visible_task(call)
+        if task is None:
+            return _error(404, RESOURCE_NOT_FOUND)
+        task["status"] = "paused"
+        task["updated_at"] = _now()
+        self._stops.append(("pause", task["id"], task["owner_name"]))
+        return _json(202, {"workspace_build": {"id": str(uuid.uuid4()), "transition": "stop",
+                                               "status": "pending"}})
+
+    def _resume_task(self, call: Call) -> Response:
+        task = self._visible_task(call)
+        if task is None:
+            return _error(404, RESOURCE_NOT_FOUND)
+        task["status"] = "active"
+        return _json(202, {"workspace_build": {"id": str(uuid.uuid4()), "transition": "start",
+                                               "status": "pending"}})
 
     # --- handlers: organizations and workspaces (coder-chats.md section 9.1) -------------------
 
@@ -1145,6 +1239,7 @@ class FakeCoder:
             return problem
         chat = self._new_chat(req, call.user, org_id)
         self._chats[chat["id"]] = chat
+        self._add_message(chat["id"], "user", _text_of(req["content"]))
         return _json(201, self._chat_json(chat, detail=True))
 
     def _chat_org(self, req: dict[str, Any], caller: FakeUser) -> str | Response:
@@ -1269,11 +1364,93 @@ class FakeCoder:
             return req
         if "labels" in req and (problem := _labels_problem(req["labels"])):
             return problem
+        if req.get("archived") is True and not chat["archived"]:
+            assert call.user is not None
+            self._stops.append(("archive", chat["id"], call.user.username))
         for key in ("title", "archived", "pin_order", "labels", "workspace_id"):
             if key in req:
                 chat[key] = req[key] if key != "labels" else dict(req[key] or {})
         chat["updated_at"] = _now()
         return Response(status_code=204)
+
+    def _list_messages(self, call: Call) -> Response:
+        chat = self._visible_chat(call)
+        if isinstance(chat, Response):
+            return chat
+        raw = call.query.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= 200:
+            return _error(400, "Invalid limit parameter (1-200).")
+        newest_first = list(reversed(self._chat_messages.get(chat["id"], [])))
+        return _json(200, {"messages": copy.deepcopy(newest_first[: int(raw)]),
+                           "queued_messages": copy.deepcopy(self._chat_queues.get(chat["id"], [])),
+                           "has_more": len(newest_first) > int(raw)})
+
+    def _send_message(self, call: Call) -> Response:
+        """A follow-up (coder-chats.md section 12.6): queued while the agent runs,
+        otherwise it starts a run; archived chats take none; only the owner may send."""
+        chat = self._visible_chat(call)
+        if isinstance(chat, Response):
+            return chat
+        req = _json_object(call.body)
+        if isinstance(req, Response):
+            return req
+        behavior = req.get("busy_behavior", "queue")
+        if behavior not in ("queue", "interrupt"):
+            return _error(400, "Invalid busy_behavior value.",
+                          detail='Must be "queue" or "interrupt".')
+        if chat["archived"]:
+            return _error(400, "Cannot send messages to an archived chat.")
+        problem = _content_problem(req.get("content"))
+        if problem is not None:
+            return problem
+        text = _text_of(req["content"])
+        if chat["status"] in ("running", "pending", "interrupting") and behavior == "queue":
+            queue = self._chat_queues.setdefault(chat["id"], [])
+            if len(queue) >= 5:
+                return _error(429, "Message queue is full.",
+                              detail="Maximum 5 messages can be queued.")
+            entry = {"id": next(self._message_ids), "chat_id": chat["id"],
+                     "content": copy.deepcopy(req["content"]), "created_at": _now()}
+            queue.append(entry)
+            return _json(200, {"queued": True, "queued_message": copy.deepcopy(entry)})
+        message = self._add_message(chat["id"], "user", text)
+        chat["status"] = "running"
+        chat["last_error"] = None
+        chat["updated_at"] = _now()
+        return _json(200, {"queued": False, "message": copy.deepcopy(message)})
+
+    def _interrupt_chat(self, call: Call) -> Response:
+        chat = self._visible_chat(call)
+        if isinstance(chat, Response):
+            return chat
+        chat["status"] = "waiting"
+        chat["updated_at"] = _now()
+        assert call.user is not None
+        self._stops.append(("interrupt", chat["id"], call.user.username))
+        return _json(200, self._chat_json(chat, detail=True))
+
+    def _add_message(self, chat_id: str, role: str, text: str) -> dict[str, Any]:
+        """Append a message to a chat (caller holds the lock)."""
+        message = {"id": next(self._message_ids), "chat_id": chat_id, "created_at": _now(),
+                   "role": role, "content": [{"type": "text", "text": text}]}
+        self._chat_messages.setdefault(chat_id, []).append(message)
+        return message
+
+    def finish_chat_turn(self, chat: str, answer: str = "") -> None:
+        """The agent ends its turn: ``waiting``, with ``answer`` as its message; a queued
+        follow-up then starts the next turn at once, as Coder does."""
+        with self._lock:
+            record = self._chats[chat]
+            if answer:
+                self._add_message(chat, "assistant", answer)
+            queue = self._chat_queues.get(chat, [])
+            if queue:
+                entry = queue.pop(0)
+                self._add_message(chat, "user", _text_of(entry["content"]))
+                record["status"] = "running"
+            else:
+                record["status"] = "waiting"
+            record["updated_at"] = _now()
 
     def _visible_chat(self, call: Call) -> dict[str, Any] | Response:
         assert call.user is not None
@@ -1405,6 +1582,20 @@ def new_token() -> str:
     key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
     secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(22))
     return f"{key_id}-{secret}"
+
+
+def _text_of(content: Any) -> str:
+    """The text parts of a chat message's content, joined."""
+    return " ".join(str(p.get("text") or "") for p in content
+                    if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _diff_status(url: str) -> dict[str, Any]:
+    """A ``diff_status`` for a pull request at ``url`` (coder-chats.md section 12.5)."""
+    number = url.rstrip("/").rsplit("/", 1)[-1]
+    return {"url": url, "pr_number": int(number) if number.isdigit() else None,
+            "pull_request_state": "open", "pull_request_title": "The agent's change",
+            "additions": 3, "deletions": 1, "changed_files": 1}
 
 
 def _token_from(request: Request) -> tuple[str, bool]:

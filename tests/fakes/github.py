@@ -42,9 +42,15 @@ Test controls: ``fail_next`` / ``fail_primary_rate_limit`` /
 ``fail_secondary_rate_limit`` (answer the next call(s) of a route with an
 error, before or after acting), ``delay_next`` (hold the next call), and the
 accessors ``comments``, ``requests`` (method, path; never a token),
-``timed_requests`` (the fake's clock, method, path),
+``timed_requests`` (the fake's clock, method, path), ``reactions``, ``labels``,
 ``add_comment``, ``delete_comment``, ``add_issue``, ``add_token``,
-``revoke_token``.
+``revoke_token``; ``allow_editing_others = False`` refuses edits of other people's
+comments with 403.
+
+Also served: ``GET /user`` (the token's user; 403 for an installation token), comment
+reactions (201 new, 200 already there), issue labels (add: 200 with every label on
+the issue, creating unknown ones; remove: 200 or 404 ``Label does not exist``), and
+``performed_via_github_app`` on comments an App's bot wrote.
 
 Extending (e.g. GitHub App auth): subclass, override ``routes()`` to add
 ``Route(path, self.endpoint("create_installation_token", handler,
@@ -219,6 +225,13 @@ class FakeGitHub:
         self._lookups: list[str] = []
         self._installation_token_ids = itertools.count(1)
         self.installation_token_lifetime = 3600.0
+        self._reaction_ids = itertools.count(90_000_001)
+        self._reactions: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self._issue_labels: dict[tuple[str, int], list[str]] = defaultdict(list)
+        self._repo_labels: dict[str, dict[str, str]] = defaultdict(dict)
+        #: False: edits of comments written by someone else answer 403, as for a token
+        #: without write access or on a locked issue (True: allowed, like write access).
+        self.allow_editing_others = True
         for full_name, number in issues:
             self.add_issue(full_name, number)
         self.app = Starlette(
@@ -246,6 +259,22 @@ class FakeGitHub:
                 "/rate_limit",
                 self.endpoint("rate_limit", self._rate_limit, counts=False),
                 methods=["GET"],
+            ),
+            Route("/user", self.endpoint("get_user", self._get_user), methods=["GET"]),
+            Route(
+                "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
+                self.endpoint("create_reaction", self._react),
+                methods=["POST"],
+            ),
+            Route(
+                "/repos/{owner}/{repo}/issues/{number}/labels",
+                self.endpoint("add_labels", self._add_labels),
+                methods=["POST"],
+            ),
+            Route(
+                "/repos/{owner}/{repo}/issues/{number}/labels/{name}",
+                self.endpoint("remove_label", self._remove_label),
+                methods=["DELETE"],
             ),
             *self._app_routes(),
         ]
@@ -473,6 +502,16 @@ class FakeGitHub:
         with self._lock:
             del self._comments[comment_id]
 
+    def reactions(self, comment_id: int) -> list[dict[str, Any]]:
+        """The reactions on a comment, oldest first (copies)."""
+        with self._lock:
+            return json.loads(json.dumps(self._reactions.get(comment_id, [])))
+
+    def labels(self, full_name: str, number: int) -> list[str]:
+        """The names of the labels on an issue, in the order they were added."""
+        with self._lock:
+            return list(self._issue_labels[(full_name.lower(), number)])
+
     def comments(self, full_name: str, number: int) -> list[dict[str, Any]]:
         """The issue's comments as GitHub returns them, ascending by id (copies)."""
         with self._lock:
@@ -592,10 +631,91 @@ class FakeGitHub:
             comment = self._comments.get(_int(params["comment_id"]) or -1)
             if repo is None or comment is None or comment.repo != repo.full_name.lower():
                 return github_error(404)
+            if comment.data["user"]["login"] != login and not self.allow_editing_others:
+                return github_error(403)
             comment.data["body"] = body
             comment.data["updated_at"] = self._now_iso()
             data = json.loads(json.dumps(comment.data))
         return JSONResponse(data)
+
+    async def _get_user(self, request: Request, login: Identity) -> Response:
+        """The token's user; an installation token has none (403, as on GitHub)."""
+        if login.endswith("[bot]"):
+            return github_error(403, "Resource not accessible by integration")
+        with self._lock:
+            body = {"login": login, "id": self._user_id(login), "type": "User",
+                    "node_id": f"U_kgFAKE{self._user_id(login)}"}
+        return JSONResponse(body)
+
+    async def _react(self, request: Request, login: Identity) -> Response:
+        """201 for a new reaction, 200 when this account already reacted so; 404 for a
+        comment that is gone; 422 for an unknown ``content``."""
+        params = request.path_params
+        try:
+            content = json.loads(await request.body()).get("content")
+        except (ValueError, AttributeError):
+            return github_error(400)
+        if content not in ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"):
+            return github_error(422)
+        with self._lock:
+            comment = self._comments.get(_int(params["comment_id"]) or -1)
+            repo = self._repos.get(f"{params['owner']}/{params['repo']}".lower())
+            if comment is None or repo is None or comment.repo != repo.full_name.lower():
+                return github_error(404)
+            mine = [r for r in self._reactions[comment.id]
+                    if r["user"]["login"] == login and r["content"] == content]
+            if mine:
+                return JSONResponse(mine[0], status_code=200)
+            reaction = {"id": next(self._reaction_ids), "node_id": "REA_FAKE",
+                        "user": {"login": login, "id": self._user_id(login)},
+                        "content": content, "created_at": self._now_iso()}
+            self._reactions[comment.id].append(reaction)
+            comment.data["reactions"][content] += 1
+            comment.data["reactions"]["total_count"] += 1
+            return JSONResponse(reaction, status_code=201)
+
+    async def _add_labels(self, request: Request, login: Identity) -> Response:
+        """Add labels (created in the repository on first use); 200 with every label
+        on the issue now."""
+        params = request.path_params
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            return github_error(400)
+        names = payload.get("labels") if isinstance(payload, dict) else payload
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return github_error(422)
+        with self._lock:
+            repo = self._find_issue(params["owner"], params["repo"], params["number"])
+            if repo is None:
+                return github_error(404)
+            key = (repo.full_name.lower(), int(params["number"]))
+            known = self._repo_labels[repo.full_name.lower()]
+            for name in names:
+                known.setdefault(name.lower(), name)
+                if name.lower() not in (n.lower() for n in self._issue_labels[key]):
+                    self._issue_labels[key].append(known[name.lower()])
+            return JSONResponse(self._label_list(key))
+
+    async def _remove_label(self, request: Request, login: Identity) -> Response:
+        """200 with the labels left; 404 ``Label does not exist`` when it is not there."""
+        params = request.path_params
+        with self._lock:
+            repo = self._find_issue(params["owner"], params["repo"], params["number"])
+            if repo is None:
+                return github_error(404)
+            key = (repo.full_name.lower(), int(params["number"]))
+            present = [n for n in self._issue_labels[key]
+                       if n.lower() == params["name"].lower()]
+            if not present:
+                return github_error(404, "Label does not exist")
+            self._issue_labels[key].remove(present[0])
+            return JSONResponse(self._label_list(key))
+
+    def _label_list(self, key: tuple[str, int]) -> list[dict[str, Any]]:
+        """Label objects of an issue (caller holds the lock)."""
+        return [{"id": abs(hash(name)) % 10**9, "name": name, "color": "ededed",
+                 "default": False, "description": None} for name in self._issue_labels[key]]
 
     async def _rate_limit(self, request: Request, login: Identity) -> Response:
         with self._lock:
@@ -788,7 +908,7 @@ class FakeGitHub:
             "created_at": now,
             "updated_at": now,
             "author_association": "NONE",
-            "performed_via_github_app": None,
+            "performed_via_github_app": self._app_json(login),
             "reactions": {
                 "total_count": 0,
                 "+1": 0,
@@ -804,6 +924,14 @@ class FakeGitHub:
         comment = _Comment(comment_id, repo.full_name.lower(), number, data)
         self._comments[comment_id] = comment
         return comment
+
+    def _app_json(self, login: str) -> dict[str, Any] | None:
+        """The App a bot login acts for, as comments name it (caller holds the lock)."""
+        for app in self._apps.values():
+            if app.bot_login == login:
+                return {"id": app.id, "slug": app.slug, "node_id": f"A_kwFAKE{app.id}",
+                        "name": app.name, "owner": {"login": "octo-org"}}
+        return None
 
     def _user_id(self, login: str) -> int:
         """A stable numeric id per login (caller holds the lock)."""

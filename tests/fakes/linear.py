@@ -44,8 +44,9 @@ error, before or after acting), ``fail_ratelimited``, ``delay_next``; set-up
 ``add_issue``, ``add_comment``, ``delete_comment``, ``add_api_key``,
 ``add_oauth_token``, ``revoke``; accessors ``comments(issue_id)``,
 ``requests`` (operation names, never a credential) and ``calls`` (operation
-names with their variables). An operation is named by its root field:
-``viewer``, ``issue``, ``commentCreate``, ``commentUpdate``. All state is
+names with their variables), ``reactions(comment_id)``. An operation is named by
+its root field: ``viewer``, ``issue``, ``commentCreate``, ``commentUpdate``,
+``reactionCreate`` (one reaction per user and emoji). All state is
 guarded by one ``threading.Lock`` because the app runs on a uvicorn thread.
 """
 
@@ -79,7 +80,7 @@ FIXTURE_IDENTIFIER = "ENG-123"
 ORGANIZATION_KEY = "example"
 MAX_FIRST = 250
 DEFAULT_FIRST = 50
-OPERATIONS = ("viewer", "issue", "commentCreate", "commentUpdate")
+OPERATIONS = ("viewer", "issue", "commentCreate", "commentUpdate", "reactionCreate")
 
 Identity = str  # the user id a credential acts as
 Json = dict[str, Any]
@@ -439,7 +440,14 @@ _SCHEMA: dict[str, dict[str, _FieldDef]] = {
         "commentUpdate": _FieldDef(
             "CommentPayload!", {"id": "String!", "input": "CommentUpdateInput!"}
         ),
+        "reactionCreate": _FieldDef("ReactionPayload!", {"input": "ReactionCreateInput!"}),
     },
+    "ReactionPayload": {name: _FieldDef(kind) for name, kind in [
+        ("success", "Boolean!"), ("lastSyncId", "Float!"), ("reaction", "Reaction!"),
+    ]},
+    "Reaction": {name: _FieldDef(kind) for name, kind in [
+        ("id", "ID!"), ("emoji", "String!"), ("user", "User"),
+    ]},
     "User": {name: _FieldDef(kind) for name, kind in [
         ("id", "ID!"), ("name", "String!"), ("displayName", "String!"), ("email", "String!"),
         ("active", "Boolean!"), ("app", "Boolean!"), ("url", "String!"),
@@ -477,6 +485,10 @@ _INPUTS: dict[str, dict[str, str]] = {
     },
     "CommentUpdateInput": {
         "body": "String", "bodyData": "JSON", "doNotSubscribeToIssue": "Boolean",
+    },
+    "ReactionCreateInput": {
+        "id": "String", "emoji": "String!", "commentId": "String", "issueId": "String",
+        "projectUpdateId": "String", "initiativeUpdateId": "String",
     },
 }
 
@@ -799,6 +811,7 @@ class FakeLinear:
         self._failures: dict[str, deque[_Injection]] = defaultdict(deque)
         self._delays: dict[str, deque[float]] = defaultdict(deque)
         self._calls: list[_Call] = []
+        self._reactions: dict[str, list[Json]] = defaultdict(list)
         default = {DEFAULT_API_KEY: DEFAULT_USER}
         for key, name in (api_keys if api_keys is not None else default).items():
             self.add_api_key(key, name)
@@ -847,6 +860,16 @@ class FakeLinear:
         """Delete a comment (later updates of it are ``Entity not found: Comment``)."""
         with self._lock:
             del self._comments[comment_id]
+
+    def reactions(self, comment_id: str) -> list[str]:
+        """The emoji on a comment, oldest first."""
+        with self._lock:
+            return [r["emoji"] for r in self._reactions.get(comment_id, [])]
+
+    def user_id(self, name: str) -> str:
+        """The id of the user called ``name`` (made on first use)."""
+        with self._lock:
+            return self._user(name)
 
     def comments(self, issue_id: str) -> list[Json]:
         """The issue's comments, oldest first, as ``{id, body, user, createdAt, ...}`` copies."""
@@ -1004,6 +1027,7 @@ class FakeLinear:
             "issue": self._resolve_issue,
             "commentCreate": self._comment_create,
             "commentUpdate": self._comment_update,
+            "reactionCreate": self._reaction_create,
         }
 
     def _resolve_issue(self, args: Json, identity: Identity, path: str) -> Any:
@@ -1070,6 +1094,25 @@ class FakeLinear:
             comment.body = body
             comment.updated_at = comment.edited_at = self._now_iso()
         return self._payload(comment)
+
+    def _reaction_create(self, args: Json, identity: Identity, path: str) -> Any:
+        """A reaction on a comment; the same user and emoji collapse into one."""
+        data = args["input"]
+        comment = self._comments.get(str(data.get("commentId")))
+        if comment is None:
+            raise GraphQLError([not_found_error("Comment", path)])
+        emoji = data.get("emoji")
+        if not isinstance(emoji, str) or not emoji.strip():
+            raise GraphQLError([input_error("emoji must not be empty.", path)])
+        mine = [r for r in self._reactions[comment.id]
+                if r["user"] == identity and r["emoji"] == emoji]
+        reaction = mine[0] if mine else {"id": str(uuid.uuid4()), "emoji": emoji,
+                                         "user": identity}
+        if not mine:
+            self._reactions[comment.id].append(reaction)
+        return {"success": True, "lastSyncId": float(next(self._sync_ids)),
+                "reaction": {"id": reaction["id"], "emoji": emoji,
+                             "user": self._users[identity]}}
 
     def _payload(self, comment: _Comment) -> Json:
         return {

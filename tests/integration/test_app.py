@@ -45,7 +45,8 @@ def fakes() -> Iterator[tuple[FakeCoder, str, FakeGitHub, str]]:
         yield coder, coder_url, github, github_url
 
 
-def make_config(tmp_path: Path, coder_url: str, github_url: str, *, github: bool = True) -> Config:
+def make_config(tmp_path: Path, coder_url: str, github_url: str, *, github: bool = True,
+                sync_interval: float = 15) -> Config:
     text = f"""
 [storage]
 url = "sqlite:///{tmp_path / 'bridge.db'}"
@@ -56,6 +57,8 @@ url = "{coder_url}"
 template = "tasks-docker"
 [worker]
 poll_interval = 0.05
+[sync]
+interval = {sync_interval}
 """
     if github:
         text += f"""
@@ -242,7 +245,9 @@ async def test_metrics_parse_and_move_as_deliveries_flow(
 
     assert (await deliver(client)).json()["status"] == "accepted"
     assert (await deliver(client)).json()["status"] == "duplicate"
-    assert (await deliver(client, "issues__unlabeled.json")).json()["status"] == "ignored"
+    # Removing the trigger label is a change the worker acts on (it stops the agent).
+    assert (await deliver(client, "issues__unlabeled.json")).json()["status"] == "accepted"
+    assert (await deliver(client, "ping.json")).json()["status"] == "pong"
     bad = await deliver(client, **{"X-Hub-Signature-256": "sha256=" + "0" * 64})
     assert bad.status_code == 401
 
@@ -254,9 +259,9 @@ async def test_metrics_parse_and_move_as_deliveries_flow(
         return sample(after, name, **labels) - sample(before, name, **labels)
 
     total = "coder_bridge_deliveries_total"
-    assert moved(total, tracker="github", outcome="accepted", reason="") == 1
+    assert moved(total, tracker="github", outcome="accepted", reason="") == 2
     assert moved(total, tracker="github", outcome="duplicate", reason="") == 1
-    assert moved(total, tracker="github", outcome="ignored", reason="") == 1
+    assert moved(total, tracker="github", outcome="ignored", reason="ping") == 1
     assert moved(total, tracker="github", outcome="rejected", reason="signature") == 1
     assert moved("coder_bridge_signature_failures_total", tracker="github") == 1
     names = {family.name for family in text_string_to_metric_families(after)}

@@ -20,7 +20,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
-from service.trackers.base import IssueCommenter
+from service.trackers.base import IssueTracker
 from service.trackers.github.api import (
     GitHubClient,
     TokenAuth,
@@ -71,9 +71,13 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+BRIDGE_USER_ID = 7  # the user the token belongs to (GET /user)
+
+
 @pytest.fixture
 def router() -> Iterator[respx.MockRouter]:
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as mock:
+        mock.get(f"{API}/user").respond(200, json={"login": "bridge-bot", "id": BRIDGE_USER_ID})
         yield mock
 
 
@@ -82,8 +86,10 @@ def client(http: httpx.AsyncClient) -> GitHubClient:
     return GitHubClient(API, TokenAuth(TOKEN), http=http, clock=lambda: NOW)
 
 
-def comment(comment_id: int, body: str) -> dict[str, Any]:
-    return {"id": comment_id, "body": body, "user": {"login": "someone", "id": 1}}
+def comment(comment_id: int, body: str, *, user_id: int = BRIDGE_USER_ID) -> dict[str, Any]:
+    """A comment as GitHub lists it, by the bridge's user unless ``user_id`` says else."""
+    return {"id": comment_id, "body": body, "user": {"login": f"user{user_id}", "id": user_id},
+            "performed_via_github_app": None}
 
 
 def error(status: int, message: str, **headers: str) -> httpx.Response:
@@ -100,14 +106,14 @@ def sent_body(route: respx.Route, index: int = -1) -> Any:
 
 
 def test_client_satisfies_the_issue_commenter_protocol(client: GitHubClient) -> None:
-    commenter: IssueCommenter = client
+    commenter: IssueTracker = client
     assert commenter is client
 
 
 async def test_creates_a_comment_when_none_carries_the_marker(
     client: GitHubClient, router: respx.MockRouter
 ) -> None:
-    listing = router.get(COMMENTS).respond(200, json=[comment(5, "hello")])
+    listing = router.get(COMMENTS).respond(200, json=[comment(5, "hello", user_id=1)])
     create = router.post(COMMENTS).respond(201, json=comment(3_000_000_000, BODY))
 
     assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id=None) == (
@@ -160,6 +166,88 @@ async def test_known_comment_id_is_patched_without_searching(
     assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id="42") == "42"
     assert patch.call_count == 1
     assert not listing.called
+
+
+async def test_a_marker_in_someone_elses_comment_is_ignored(
+    client: GitHubClient, router: respx.MockRouter
+) -> None:
+    """An outsider who pastes the marker into their own comment does not get the bridge
+    to edit it (they could later rewrite it into a phishing link under its name)."""
+    router.get(COMMENTS).respond(200, json=[comment(5, f"pre-posted {MARKER}", user_id=666)])
+    edit = router.patch(f"{REPO}/issues/comments/5")
+    create = router.post(COMMENTS).respond(201, json=comment(6, BODY))
+
+    assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id=None) == "6"
+    assert not edit.called and create.called
+
+
+async def test_a_comment_made_through_the_app_is_the_bridges_own(
+    http: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    class App:
+        app_id = 42
+
+        async def authorization(self, installation_id: int | None) -> str:
+            return "Bearer ghs_x"
+
+        async def invalidate(self, installation_id: int | None) -> None:
+            return None
+
+        async def installation_for(self, repository: str) -> int:
+            return 1
+
+        async def check(self) -> str:
+            return "ok"
+
+    client = GitHubClient(API, App(), http=http, clock=lambda: NOW)  # type: ignore[arg-type]
+    by_app = {**comment(8, f"old {MARKER}", user_id=41), "performed_via_github_app": {"id": 42}}
+    other_app = {**comment(9, f"copy {MARKER}", user_id=41),
+                 "performed_via_github_app": {"id": 5}}
+    router.get(COMMENTS).respond(200, json=[other_app, by_app])
+    edit = router.patch(f"{REPO}/issues/comments/8").respond(200, json=by_app)
+
+    assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id=None) == "8"
+    assert edit.called
+
+
+@pytest.mark.parametrize("status", [403, 422])
+async def test_a_refused_edit_posts_a_new_comment(
+    client: GitHubClient, router: respx.MockRouter, status: int
+) -> None:
+    router.patch(f"{REPO}/issues/comments/42").mock(return_value=error(status, "refused"))
+    router.get(COMMENTS).respond(200, json=[comment(42, f"old {MARKER}")])
+    create = router.post(COMMENTS).respond(201, json=comment(43, BODY))
+
+    assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id="42") == "43"
+    assert create.called
+
+
+async def test_reactions_are_added_once_and_a_gone_comment_is_fine(
+    client: GitHubClient, router: respx.MockRouter
+) -> None:
+    url = f"{REPO}/issues/comments/55/reactions"
+    react = router.post(url).mock(side_effect=[httpx.Response(201, json={"id": 1}),
+                                               httpx.Response(200, json={"id": 1})])
+    await client.react(EVENT, "55")
+    await client.react(EVENT, "55")
+    assert [sent_body(react, i) for i in (0, 1)] == [{"content": "eyes"}] * 2
+    router.post(f"{REPO}/issues/comments/56/reactions").mock(
+        return_value=error(404, "Not Found"))
+    await client.react(EVENT, "56")  # no error: nobody left to show it to
+
+
+async def test_the_status_label_replaces_the_previous_one(
+    client: GitHubClient, router: respx.MockRouter
+) -> None:
+    labels = f"{REPO}/issues/1/labels"
+    add = router.post(labels).respond(200, json=[
+        {"name": "bug"}, {"name": "agent: starting"}, {"name": "agent: working"}])
+    remove = router.delete(f"{labels}/agent%3A%20starting").respond(200, json=[])
+
+    await client.set_status_label(EVENT, "agent: working",
+                                  replaces={"agent: starting", "agent: working", "agent: done"})
+    assert sent_body(add) == {"labels": ["agent: working"]}
+    assert remove.call_count == 1  # the user's "bug" label is left alone
 
 
 @pytest.mark.parametrize("status", [404, 410])

@@ -21,7 +21,7 @@ from service.errors import (
     TokenRejected,
     TransientError,
 )
-from service.trackers.base import IssueCommenter
+from service.trackers.base import IssueTracker
 from service.trackers.linear.api import (
     PAGE_SIZE,
     LinearClient,
@@ -99,9 +99,14 @@ def data(payload: dict[str, Any], **headers: str) -> httpx.Response:
     return httpx.Response(200, json={"data": payload}, headers=headers)
 
 
-def page(nodes: list[tuple[str, str]], cursor: str | None = None) -> httpx.Response:
+VIEWER_ID = "viewer-bridge"  # the user the API key acts as
+
+
+def page(nodes: list[tuple[str, str]], cursor: str | None = None, *,
+         user: str = VIEWER_ID) -> httpx.Response:
+    """A page of comments, written by ``user`` (the bridge's own, by default)."""
     connection = {
-        "nodes": [{"id": node_id, "body": body} for node_id, body in nodes],
+        "nodes": [{"id": node_id, "body": body, "user": {"id": user}} for node_id, body in nodes],
         "pageInfo": {"hasNextPage": cursor is not None, "endCursor": cursor},
     }
     return data({"issue": {"comments": connection}})
@@ -115,6 +120,7 @@ class Linear:
     """Answers each POST by operation name; records (operation, variables)."""
 
     def __init__(self, **answers: Any) -> None:
+        answers.setdefault("Viewer", data({"viewer": {"id": VIEWER_ID, "name": "Bridge"}}))
         self.answers = {name: list(value) if isinstance(value, list) else [value]
                         for name, value in answers.items()}
         self.seen: list[tuple[str, dict[str, Any]]] = []
@@ -134,7 +140,8 @@ class Linear:
 
     @property
     def names(self) -> list[str]:
-        return [name for name, _ in self.seen]
+        """The operations asked, without the one-off ``Viewer`` lookup."""
+        return [name for name, _ in self.seen if name != "Viewer"]
 
 
 def serve(router: respx.MockRouter, linear: Linear) -> Linear:
@@ -186,7 +193,7 @@ async def test_request_shape(client: LinearClient, router: respx.MockRouter) -> 
 
 
 def test_client_satisfies_the_issue_commenter_protocol(client: LinearClient) -> None:
-    commenter: IssueCommenter = client
+    commenter: IssueTracker = client
     assert commenter is client
 
 
@@ -217,6 +224,7 @@ async def test_finds_the_marker_on_page_two_and_edits_it(
     assert linear.seen == [
         ("IssueComments", {"id": ISSUE_ID, "first": PAGE_SIZE, "after": None}),
         ("IssueComments", {"id": ISSUE_ID, "first": PAGE_SIZE, "after": "cursor-1"}),
+        ("Viewer", {}),  # asked once, when a comment carries the marker
         ("CommentUpdate", {"id": "c51", "input": {"body": BODY}}),
     ]
 
@@ -261,14 +269,41 @@ async def test_known_comment_id_gone_but_marker_found_edits_that_one(
     assert linear.names == ["CommentUpdate", "IssueComments", "CommentUpdate"]
 
 
-async def test_other_errors_on_the_known_comment_are_not_swallowed(
+async def test_a_refused_edit_posts_a_new_comment(
     client: LinearClient, router: respx.MockRouter
 ) -> None:
     forbidden = gql_error("Forbidden", "FORBIDDEN", "forbidden", 403)
-    linear = serve(router, Linear(CommentUpdate=errors(forbidden, status=400)))
-    with pytest.raises(PermanentError, match="Forbidden"):
-        await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id="c42")
-    assert linear.names == ["CommentUpdate"]
+    linear = serve(router, Linear(
+        CommentUpdate=errors(forbidden, status=400),
+        IssueComments=page([("c42", f"old {MARKER}")]),
+        CommentCreate=saved("commentCreate", "c43"),
+    ))
+    assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id="c42") == "c43"
+    assert linear.names == ["CommentUpdate", "IssueComments", "CommentCreate"]
+
+
+async def test_a_marker_in_someone_elses_comment_is_ignored(
+    client: LinearClient, router: respx.MockRouter
+) -> None:
+    linear = serve(router, Linear(
+        IssueComments=page([("c1", f"pre-posted {MARKER}")], user="someone-else"),
+        CommentCreate=saved("commentCreate", "c2"),
+    ))
+    assert await client.upsert_comment(EVENT, marker=MARKER, body=BODY, comment_id=None) == "c2"
+    assert "CommentUpdate" not in linear.names
+
+
+async def test_reactions_use_the_emoji_and_a_gone_comment_is_fine(
+    client: LinearClient, router: respx.MockRouter
+) -> None:
+    linear = serve(router, Linear(ReactionCreate=[
+        data({"reactionCreate": {"success": True}}), errors(NOT_FOUND_COMMENT)]))
+    await client.react(EVENT, "c9")
+    await client.react(EVENT, "c10")
+    assert linear.seen == [
+        ("ReactionCreate", {"input": {"commentId": "c9", "emoji": "👀"}}),
+        ("ReactionCreate", {"input": {"commentId": "c10", "emoji": "👀"}}),
+    ]
 
 
 async def test_missing_issue_is_not_found(client: LinearClient, router: respx.MockRouter) -> None:

@@ -16,6 +16,7 @@ from service.trackers.linear.api import (
     COMMENT_UPDATE,
     ISSUE_COMMENTS,
     PAGE_SIZE,
+    REACTION_CREATE,
     LinearClient,
 )
 from tests.fakes.linear import (
@@ -112,7 +113,8 @@ async def test_upserting_twice_edits_the_one_comment(
         (first, body("task ready"), DEFAULT_USER)
     ]
     assert comments[0]["editedAt"] is not None
-    assert fake.requests == ["issue", "commentCreate", "issue", "commentUpdate"]
+    # The second upsert found the comment by its marker and asked once who the bridge is.
+    assert fake.requests == ["issue", "commentCreate", "issue", "viewer", "commentUpdate"]
 
 
 async def test_upsert_with_the_known_id_updates_directly(
@@ -148,7 +150,7 @@ async def test_marker_beyond_the_first_page_is_found(
         fake.add_comment(FIXTURE_ISSUE_ID, f"more chatter {i}")
 
     assert await upsert(client, "new") == ours
-    assert fake.requests == ["issue", "issue", "commentUpdate"]
+    assert fake.requests == ["issue", "issue", "viewer", "commentUpdate"]
     afters = [variables["after"] for name, variables in fake.calls if name == "issue"]
     assert afters[0] is None and afters[1] is not None
     assert [c["body"] for c in fake.comments(FIXTURE_ISSUE_ID) if MARKER in c["body"]] == [
@@ -304,7 +306,7 @@ async def test_check_against_the_fake(client: LinearClient, endpoint: str) -> No
 
 
 async def test_fake_accepts_exactly_the_clients_operations(
-    endpoint: str, http: httpx.AsyncClient
+    endpoint: str, http: httpx.AsyncClient, fake: FakeLinear
 ) -> None:
     created = await post(http, endpoint, COMMENT_CREATE,
                          {"input": {"issueId": FIXTURE_ISSUE_ID, "body": "hi"}})
@@ -314,11 +316,15 @@ async def test_fake_accepts_exactly_the_clients_operations(
     updated = await post(http, endpoint, COMMENT_UPDATE,
                          {"id": comment_id, "input": {"body": "hello"}})
     assert updated.json()["data"]["commentUpdate"]["comment"]["id"] == comment_id
+    reacted = await post(http, endpoint, REACTION_CREATE,
+                         {"input": {"commentId": comment_id, "emoji": "👀"}})
+    assert reacted.json()["data"]["reactionCreate"] == {"success": True}
+    assert fake.reactions(comment_id) == ["👀"]
     listed = await post(http, endpoint, ISSUE_COMMENTS,
                         {"id": FIXTURE_ISSUE_ID, "first": 10, "after": None})
     connection = listed.json()["data"]["issue"]["comments"]
     assert connection == {
-        "nodes": [{"id": comment_id, "body": "hello"}],
+        "nodes": [{"id": comment_id, "body": "hello", "user": {"id": fake.user_id(DEFAULT_USER)}}],
         "pageInfo": {"hasNextPage": False, "endCursor": comment_id},
     }
 

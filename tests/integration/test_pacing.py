@@ -53,12 +53,13 @@ async def bridge(tmp_path: Path) -> AsyncIterator[tuple[Services, httpx.AsyncCli
     coder_token = coder.add_user("codertocat")
     github = FakeGitHub(issues=[(REPO, n) for n in ISSUES])
     with serve_in_thread(coder.app()) as coder_url, serve_in_thread(github) as github_url:
-        config = make_config(tmp_path, coder_url, github_url)
+        # No status sync: this test counts the trigger jobs and their comments alone.
+        config = make_config(tmp_path, coder_url, github_url, sync_interval=0)
         async with httpx.AsyncClient() as http:
             limiter = ContentRateLimiter([(2, 1.5)])
             commenter = GitHubClient(github_url, TokenAuth(DEFAULT_TOKEN), http=http,
                                      limiter=limiter, max_pacing_wait=0.2)
-            services = await build_services(config, commenters={"github": commenter})
+            services = await build_services(config, trackers={"github": commenter})
             user = await CoderClient(coder_url, coder_token, http=http, timeout=10).fetch_me()
             key_id, ciphertext = services.vault.encrypt(coder_token, owner=user.id)
             await services.store.link_account(

@@ -25,7 +25,7 @@ import pytest
 
 from service.errors import StoreError
 from service.store import load_migrations, open_store, sqlite_path
-from service.store.base import Account, Identity, Job, NewDelivery, Store
+from service.store.base import Account, Delegation, Identity, Job, NewDelivery, Store
 from service.store.sqlite import ACCEPT_CHUNK, SQLiteStore, split_statements
 
 T0 = 1_700_000_000.0
@@ -537,7 +537,7 @@ async def test_save_delegation_writes_every_mutable_field(store: Store) -> None:
     )
     saved = replace(
         created,
-        state="task_created",
+        state="working",
         account_id=account.id,
         task_kind="tasks",
         task_id="t-1",
@@ -547,11 +547,129 @@ async def test_save_delegation_writes_every_mutable_field(store: Store) -> None:
         attempts=2,
         last_error="coder: 503",
         updated_at=T0 + 30,
+        comment_sha256="ab" * 32,
+        trigger_json='{"tracker":"github"}',
+        acting_id="1",
+        progress_json='{"started_at":1.0}',
+        follow_until=1e18,
+        checked="task|True|active",
     )
     await store.save_delegation(saved)
     assert await store.current_delegation("github:acme/app#3") == saved
     with pytest.raises(StoreError):
         await store.save_delegation(replace(saved, id=saved.id + 1000))
+
+
+async def followed(store: Store, issue_key: str, account: Account, *, state: str = "working",
+                   follow_until: float | None = 1e18, task_id: str = "t") -> Delegation:
+    """A delegation of ``issue_key`` running with ``account``'s token."""
+    created = await store.create_delegation(issue_key=issue_key, tracker="github",
+                                            delivery_id=f"d-{issue_key}", generation=1, now=T0)
+    saved = replace(created, state=state, account_id=account.id, task_kind="task",  # type: ignore[arg-type]
+                    task_id=task_id, follow_until=follow_until, trigger_json="{}")
+    await store.save_delegation(saved)
+    return saved
+
+
+async def test_delegations_are_listed_newest_first_and_counted_by_state(store: Store) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1")])
+    working = await followed(store, "github:1:1", alice)
+    done = await followed(store, "github:1:2", alice, state="done")
+    await store.save_delegation(replace(done, updated_at=T0 + 5))
+    first = await store.create_delegation(issue_key="github:1:3", tracker="github",
+                                          delivery_id="x", generation=1, now=T0)
+    await store.save_delegation(replace(first, state="failed"))
+    newer = await store.create_delegation(issue_key="github:1:3", tracker="github",
+                                          delivery_id="y", generation=2, now=T0 + 9)
+    await store.save_delegation(replace(newer, state="needs_link", updated_at=T0 + 9))
+
+    listed = await store.list_delegations(states=None, limit=10)
+    assert [(d.issue_key, d.generation, user) for d, user in listed] == [
+        ("github:1:3", 2, None), ("github:1:2", 1, "alice"), ("github:1:1", 1, "alice")]
+    only = await store.list_delegations(states=["working", "needs_input"], limit=10)
+    assert [d.id for d, _ in only] == [working.id]
+    assert [d.id for d, _ in await store.list_delegations(states=None, limit=1)] == [newer.id]
+    assert await store.count_delegations() == {"working": 1, "done": 1, "needs_link": 1}
+
+
+async def test_status_checks_are_claimed_per_account_with_their_followed_work(
+    store: Store,
+) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1")])
+    bob = await link(store, "u-2", "bob", [Identity("github", "2")])
+    carol = await link(store, "u-3", "carol", [Identity("github", "3")])
+    a1 = await followed(store, "github:1:1", alice, task_id="a1")
+    a2 = await followed(store, "github:1:2", alice, state="done", follow_until=T0 + 100,
+                        task_id="a2")
+    await followed(store, "github:1:3", alice, state="stopped", follow_until=None)
+    await followed(store, "github:1:4", bob, state="done", follow_until=T0 - 1)  # grace over
+    await followed(store, "github:1:5", carol)
+    await store.mark_token_invalid(carol.id, ciphertext=b"sealed")
+
+    claimed = await store.claim_checks("w1", now=T0, lease_seconds=LEASE, limit=10)
+    assert [(t.account.coder_username, [d.id for d in t.delegations], t.failures)
+            for t in claimed] == [("alice", [a1.id, a2.id], 0)]
+    # Leased: nobody else gets alice until the lease ends or w1 finishes.
+    assert await store.claim_checks("w2", now=T0 + 1, lease_seconds=LEASE, limit=10) == []
+    await store.finish_checks(alice.id, "w2", next_at=T0, failures=0)  # not w2's: no effect
+    assert await store.claim_checks("w2", now=T0 + 1, lease_seconds=LEASE, limit=10) == []
+    again = await store.claim_checks("w2", now=T0 + LEASE + 1, lease_seconds=LEASE, limit=10)
+    assert [t.account.id for t in again] == [alice.id]
+    await store.finish_checks(alice.id, "w2", next_at=T0 + 200, failures=3)
+    assert await store.claim_checks("w1", now=T0 + 150, lease_seconds=LEASE, limit=10) == []
+    later = await store.claim_checks("w1", now=T0 + 200, lease_seconds=LEASE, limit=10)
+    # At T0 + 200 the finished turn's grace period is over: only a1 is followed.
+    assert [([d.id for d in t.delegations], t.failures) for t in later] == [([a1.id], 3)]
+
+
+async def test_a_check_is_queued_once_per_issue_and_runs_in_the_issues_turn(
+    store: Store,
+) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1")])
+    d = await followed(store, "github:1:1", alice)
+    await store.accept([delivery("github:1:1", delivery_id="comment-1")])
+    assert await store.request_check(d, seen="fp-1", now=T0 + 1, reason="changed")
+    assert not await store.request_check(d, seen="fp-2", now=T0 + 2, reason="changed")
+    first = await claim_one(store, now=T0 + 3)
+    assert (first.delivery_id, first.kind) == ("comment-1", "trigger")
+    assert await store.claim("w2", now=T0 + 3, lease_seconds=LEASE, limit=5) == []
+    await store.finish_job(first.id, "w1")
+    check = await claim_one(store, now=T0 + 4)
+    assert check.kind == "check" and check.issue_key == "github:1:1"
+    assert check.event_json.replace(" ", "") == (
+        f'{{"delegation_id":{d.id},"reason":"changed","seen":"fp-1"}}')
+    # Claimed (no longer queued): the next change may queue another.
+    assert await store.request_check(d, seen="fp-3", now=T0 + 5, reason="changed")
+    # Checks are the bridge's own work: the delivery list shows people's deliveries only.
+    assert [r.delivery_id for r in await store.list_deliveries(limit=10)] == ["comment-1"]
+
+
+async def test_follow_ups_are_held_once_per_comment_and_settled(store: Store) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1")])
+    d = await followed(store, "github:1:1", alice)
+    assert await store.add_followup(d.id, source="c1", text="first", now=T0)
+    assert await store.add_followup(d.id, source="c2", text="second", now=T0 + 1)
+    assert not await store.add_followup(d.id, source="c1", text="again", now=T0 + 2)
+    held = await store.queued_followups(d.id)
+    assert [(f.source, f.text) for f in held] == [("c1", "first"), ("c2", "second")]
+    await store.settle_followup(held[0].id, sent=True, now=T0 + 3)
+    await store.settle_followup(held[1].id, sent=False, now=T0 + 3)
+    assert await store.queued_followups(d.id) == []
+    assert not await store.add_followup(d.id, source="c1", text="late retry", now=T0 + 4)
+
+
+async def test_whether_others_may_delegate_is_kept_per_account(store: Store) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1"), Identity("linear", "l1")])
+    assert not alice.allow_others
+    assert await store.set_allow_others(provider="linear", external_id="l1", allow=True) == 1
+    found = await store.find_account("github", "1")
+    assert found is not None and found.allow_others
+    assert await store.set_allow_others(coder_username="alice", allow=False) == 1
+    assert not (await account_of(store, alice.id)).allow_others
+    assert await store.set_allow_others(provider="github", external_id="999", allow=True) == 0
+    assert await store.set_allow_others(coder_username="nobody", allow=True) == 0
+    listed = await store.list_accounts()
+    assert [a.allow_others for a, _ in listed] == [False]
 
 
 # -- accounts --------------------------------------------------------------------------
@@ -808,7 +926,7 @@ async def test_upgrading_sqlite_from_jobs_made_at_claim_runs_each_delivery_once(
     monkeypatch.undo()
     store = await SQLiteStore.open(tmp_path / "bridge.db")
     try:
-        assert await store.migrate() == [4]
+        assert await store.migrate() == [4, 5]
         after = [delivery(f"i:{n}", delivery_id=f"new-{n}", received_at=T0 + n) for n in (3, 4)]
         await store.accept(after)
         assert await store.queue_stats(now=T0 + 9) == (4, 8.0)

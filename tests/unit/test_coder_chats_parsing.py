@@ -74,6 +74,7 @@ def test_a_current_chat_is_read() -> None:
         updated_at=datetime(2026, 9, 2, 10, 0, 0, 123456, tzinfo=UTC),
         summary="Opened PR #7",
         has_diff=True,
+        pr_url="https://github.com/o/r/pull/7",
     )
 
 

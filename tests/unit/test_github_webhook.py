@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import pytest
 from starlette.datastructures import Headers
 
-from service.core.events import Ignored, IssueEvent, Person, Ping, Trigger
+from service.core.events import Change, Comment, Ignored, IssueEvent, Person, Ping, Trigger
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.github.webhook import parse_github_delivery, verify_github_signature
 
@@ -223,15 +223,82 @@ def test_opened_without_the_trigger_label_is_ignored() -> None:
     assert decision == Ignored("issue was opened without the trigger label")
 
 
-def test_unlabeled_is_ignored() -> None:
-    assert parse(*fixture("issues__unlabeled.json")) == Ignored("action 'unlabeled' is not handled")
+def test_removing_the_trigger_label_is_a_change_that_may_stop_the_agent() -> None:
+    decision = parse(*fixture("issues__unlabeled.json"))
+    assert isinstance(decision, Change)
+    assert decision.event.change == "unlabeled"
+    assert decision.event.issue_key == "github:186853002:1"
+    assert decision.event.actor == CODERTOCAT
+
+
+def test_removing_another_label_is_ignored() -> None:
+    decision = parse(*fixture("issues__unlabeled.json"), label="delegate-to-agent")
+    assert decision == Ignored("label 'bug' is not the trigger label")
+
+
+def test_closing_the_issue_is_a_change() -> None:
+    decision = parse(*edited("issues__labeled.json", lambda p: p.update(action="closed")))
+    assert isinstance(decision, Change) and decision.event.change == "closed"
+
+
+@pytest.mark.parametrize("association", ["CONTRIBUTOR", "NONE", "FIRST_TIMER", None])
+def test_an_issue_opened_with_the_label_by_an_outsider_is_ignored_and_counted(
+    association: str | None,
+) -> None:
+    decision = parse(*edited("issues__opened.json",
+                             lambda p: p["issue"].update(author_association=association)))
+    assert isinstance(decision, Ignored) and decision.code == "outsider"
+
+
+@pytest.mark.parametrize("association", ["OWNER", "MEMBER", "COLLABORATOR"])
+def test_an_issue_opened_with_the_label_by_a_member_triggers(association: str) -> None:
+    decision = parse(*edited("issues__opened.json",
+                             lambda p: p["issue"].update(author_association=association)))
+    assert isinstance(decision, Trigger)
+
+
+def comment_delivery(body: str, **changes: Any) -> tuple[dict[str, str], bytes]:
+    """An ``issue_comment`` ``created`` delivery on the fixture's issue."""
+    payload = json.loads((FIXTURES / "issues__labeled.json").read_bytes())
+    payload.pop("label")
+    payload["action"] = "created"
+    payload["comment"] = {"id": 7001, "body": body, "user": dict(payload["sender"]),
+                          "author_association": "OWNER"}
+    payload.update(changes)
+    body_bytes = json.dumps(payload).encode()
+    return resigned("issues__labeled.json", body_bytes, **{"X-GitHub-Event": "issue_comment"})
+
+
+def test_a_command_comment_is_a_comment_for_the_agent() -> None:
+    decision = parse(*comment_delivery("/agent please also fix the docs\nthanks"))
+    assert isinstance(decision, Comment)
+    event = decision.event
+    assert (event.issue_key, event.comment_id, event.author, event.text) == (
+        "github:186853002:1", "7001", CODERTOCAT, "/agent please also fix the docs\nthanks")
+
+
+@pytest.mark.parametrize("body", ["thanks!", "see /agent stop", "/agents", ""])
+def test_comments_that_are_not_commands_are_ignored(body: str) -> None:
+    assert isinstance(parse(*comment_delivery(body)), Ignored)
+
+
+def test_bots_and_the_bridge_itself_never_run_commands() -> None:
+    bot = {"login": "coder-bridge[bot]", "id": 99, "type": "Bot"}
+    decision = parse(*comment_delivery("/agent stop", sender=bot))
+    assert decision == Ignored("comments by bots never run commands")
+
+
+def test_edited_and_deleted_comments_are_not_commands() -> None:
+    for action in ("edited", "deleted"):
+        decision = parse(*comment_delivery("/agent stop", action=action))
+        assert decision == Ignored(f"comment action '{action}' is not handled")
 
 
 def test_ping_is_a_ping() -> None:
     assert parse(*fixture("ping.json")) == Ping()
 
 
-OTHER_ACTIONS = ["closed", "edited", "reopened", "assigned"]
+OTHER_ACTIONS = ["deleted", "edited", "reopened", "assigned"]
 
 
 @pytest.mark.parametrize("action", OTHER_ACTIONS)
@@ -255,11 +322,11 @@ def test_other_events_are_ignored_by_name() -> None:
 
 def test_ignored_action_does_not_need_a_well_formed_issue() -> None:
     def change(payload: dict[str, Any]) -> None:
-        payload["action"] = "closed"
+        payload["action"] = "edited"
         del payload["issue"]
 
     assert parse(*edited("issues__labeled.json", change)) == Ignored(
-        "action 'closed' is not handled"
+        "action 'edited' is not handled"
     )
 
 

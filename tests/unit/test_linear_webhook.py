@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from starlette.datastructures import Headers
 
-from service.core.events import Ignored, IssueEvent, Person, Trigger
+from service.core.events import Change, Comment, Ignored, IssueEvent, Person, Trigger
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.linear.webhook import (
     check_linear_freshness,
@@ -298,9 +298,56 @@ def test_update_from_null_labels_counts_as_adding() -> None:
     assert isinstance(parse(*edited(lambda p: set_labels(p, [TRIGGER_ID], None))), Trigger)
 
 
-def test_update_removing_the_label_is_ignored() -> None:
+def test_update_removing_a_label_is_a_change_naming_the_removed_ids() -> None:
     decision = parse(*edited(lambda p: set_labels(p, [FEATURE_ID], [FEATURE_ID, TRIGGER_ID])))
-    assert decision == Ignored("update did not add the trigger label")
+    assert isinstance(decision, Change) and decision.event.change == "unlabeled"
+    assert decision.event.extra["removed_label_ids"] == TRIGGER_ID
+    assert decision.event.issue_key == EXPECTED.issue_key and decision.event.actor == ADA
+
+
+@pytest.mark.parametrize(("state_type", "closes"), [
+    ("completed", True), ("canceled", True), ("duplicate", True), ("started", False),
+    ("backlog", False),
+])
+def test_moving_the_issue_to_a_closed_state_is_a_change(state_type: str, closes: bool) -> None:
+    def change(payload: dict[str, Any]) -> None:
+        payload["updatedFrom"] = {"stateId": "old-state", "updatedAt": "2026-01-15T09:58:02Z"}
+        payload["data"]["state"] = {"id": "s", "name": "Done", "type": state_type}
+
+    decision = parse(*edited(change))
+    if closes:
+        assert isinstance(decision, Change) and decision.event.change == "closed"
+    else:
+        assert decision == Ignored("update did not change labels")
+
+
+def linear_comment(body: str, **data_changes: Any) -> tuple[dict[str, str], bytes]:
+    def change(payload: dict[str, Any]) -> None:
+        payload.update(type="Comment", action="create", updatedFrom=None,
+                       url="https://linear.app/example/issue/ENG-123/x#comment-c1")
+        payload["data"] = {"id": "c1", "body": body, "issueId": EXPECTED.issue_id,
+                           "userId": ADA.id, "user": {"id": ADA.id, "name": ADA.login},
+                           "issue": {"id": EXPECTED.issue_id, "identifier": "ENG-123",
+                                     "url": "https://linear.app/example/issue/ENG-123/x"},
+                           "botActor": None, **data_changes}
+
+    return edited(change)
+
+
+def test_a_command_comment_on_an_issue_is_a_comment_for_the_agent() -> None:
+    decision = parse(*linear_comment("/agent stop"))
+    assert isinstance(decision, Comment)
+    assert (decision.event.issue_key, decision.event.comment_id, decision.event.author,
+            decision.event.number) == (EXPECTED.issue_key, "c1", ADA, "ENG-123")
+
+
+@pytest.mark.parametrize(("body", "changes", "reason"), [
+    ("nice work", {}, "comment is not a command"),
+    ("/agent stop", {"botActor": "{\"type\": \"app\"}"}, "comments by apps never run commands"),
+    ("/agent stop", {"issueId": None}, "comment is not on an issue"),
+])
+def test_other_comments_are_ignored(body: str, changes: dict[str, Any], reason: str) -> None:
+    assert parse(*linear_comment(body, **changes)) == Ignored(reason)
 
 
 def test_update_adding_another_label_while_the_trigger_stays_is_ignored() -> None:
@@ -374,7 +421,7 @@ def test_unknown_action_is_ignored_as_unsupported() -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["Comment", "IssueLabel", "Project", "AgentSessionEvent"])
+@pytest.mark.parametrize("kind", ["Reaction", "IssueLabel", "Project", "AgentSessionEvent"])
 def test_other_known_types_are_ignored_by_name(kind: str) -> None:
     assert parse(*edited(lambda p: p.update(type=kind))) == Ignored(f"type '{kind}' is not handled")
 
@@ -387,10 +434,10 @@ def test_unknown_type_is_ignored_as_unsupported() -> None:
 
 def test_ignored_type_does_not_need_a_well_formed_data() -> None:
     def change(payload: dict[str, Any]) -> None:
-        payload["type"] = "Comment"
+        payload["type"] = "Reaction"
         payload["data"] = "whatever"
 
-    assert parse(*edited(change)) == Ignored("type 'Comment' is not handled")
+    assert parse(*edited(change)) == Ignored("type 'Reaction' is not handled")
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""GitHub REST calls: the bridge's issue comment (find by marker, edit or create).
+"""GitHub REST calls: the bridge's comments, reactions and status labels on an issue.
 
 All HTTP goes through an injected ``httpx.AsyncClient``; every response is
 mapped to data or a typed error by ``decipher_github_response`` and nowhere
@@ -18,15 +18,16 @@ token, a header value or a request body.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
-from service.core.events import IssueEvent
+from service.core.events import IssueAddress
 from service.errors import (
     Conflict,
     NotFound,
@@ -71,6 +72,11 @@ class GitHubAuth(Protocol):
 @runtime_checkable
 class GitHubAppCredential(Protocol):
     """What a GitHub App credential adds to ``GitHubAuth`` (see ``AppAuth``)."""
+
+    @property
+    def app_id(self) -> int:
+        """The App's id: its comments carry it in ``performed_via_github_app``."""
+        ...
 
     async def installation_for(self, repository: str) -> int:
         """The App's installation id on ``repository`` (``owner/repo``).
@@ -229,7 +235,7 @@ def transport_error(exc: httpx.HTTPError) -> TransientError:
 
 
 class GitHubClient:
-    """GitHub REST client for the bridge's issue comment (implements ``IssueCommenter``).
+    """GitHub REST client for the bridge's issue comment (implements ``IssueTracker``).
 
     ``api_url`` is ``https://api.github.com`` or ``https://HOST/api/v3``; ``http``
     is owned by the caller (timeouts, transport); ``clock`` returns Unix time and
@@ -262,18 +268,21 @@ class GitHubClient:
         self._clock = clock
         self._limiter = limiter if limiter is not None else ContentRateLimiter()
         self._max_pacing_wait = max_pacing_wait
+        self._own_user_id: int | None = None
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r})"
 
     async def upsert_comment(
-        self, event: IssueEvent, *, marker: str, body: str, comment_id: str | None
+        self, event: IssueAddress, *, marker: str, body: str, comment_id: str | None
     ) -> str:
         """Make the issue carry one bridge comment containing ``marker``, with ``body``.
 
-        Edits ``comment_id`` if it still exists (404/410 there falls through);
-        else searches the issue's comments (every page, up to ``MAX_PAGES``) for
-        ``marker`` and edits the first match (no request if it already has this
+        Edits ``comment_id`` if it still exists and GitHub lets the bridge edit it
+        (404/410 there, or a refused edit, falls through); else searches the issue's
+        comments (every page, up to ``MAX_PAGES``) for ``marker`` in a comment the
+        bridge's own account wrote (a marker copied into someone else's comment is
+        ignored), and edits the first match (no request if it already has this
         body); else creates the comment. Returns the comment id as text. Safe to
         repeat after any failure. A body over 65 536 characters is refused with
         ``PermanentError`` before anything is sent; a body without ``marker`` is
@@ -291,12 +300,18 @@ class GitHubClient:
             self._limiter.check_room(self._max_pacing_wait)
         owner, repo, number = _issue_coordinates(event)
         installation = await self._installation(event.installation_id, owner, repo)
+        refused: str | None = None
         if comment_id and comment_id.isdigit():
             try:
                 return await self._update_comment(owner, repo, comment_id, body, installation)
             except NotFound:
                 pass  # deleted since; look for another copy, else create
-        found = await self.find_comment(owner, repo, number, marker, installation)
+            except PermanentError as exc:  # the edit is refused: post a new comment
+                if exc.status not in (403, 422):
+                    raise
+                refused = comment_id
+        found = await self.find_comment(owner, repo, number, marker, installation,
+                                        skip=refused)
         if found is not None:
             if found.get("body") == body:
                 return str(found["id"])
@@ -304,9 +319,11 @@ class GitHubClient:
         return await self._create_comment(owner, repo, number, body, installation)
 
     async def find_comment(
-        self, owner: str, repo: str, number: str, marker: str, installation_id: int | None
+        self, owner: str, repo: str, number: str, marker: str, installation_id: int | None,
+        *, skip: str | None = None,
     ) -> dict[str, Any] | None:
-        """The first comment on the issue whose body contains ``marker``, or ``None``.
+        """The first comment on the issue that the bridge's own account wrote and whose
+        body contains ``marker`` (other than ``skip``), or ``None``.
 
         Follows ``Link: rel="next"`` (same origin only) for up to ``MAX_PAGES`` pages.
         """
@@ -317,10 +334,54 @@ class GitHubClient:
                 return None
             data, response = await self._send("GET", url, installation_id, params=params)
             for comment in _comment_list(data):
-                if marker in comment["body"]:
+                if (marker in comment["body"] and str(comment["id"]) != skip
+                        and await self._is_own(comment, installation_id)):
                     return comment
             url, params = self._next_page(response), None
         return None
+
+    async def react(self, event: IssueAddress, comment_id: str, content: str = "eyes") -> None:
+        """Add the ``content`` reaction (👀 by default) to a comment; done if it is there
+        already (200) or the comment is gone (404: nobody to show it to)."""
+        owner, repo, _ = _issue_coordinates(event)
+        installation = await self._installation(event.installation_id, owner, repo)
+        url = f"{self._api_url}/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
+        try:
+            await self._send("POST", url, installation, json={"content": content})
+        except NotFound:
+            return
+
+    async def set_status_label(self, event: IssueAddress, label: str, *,
+                               replaces: Collection[str]) -> None:
+        """Put ``label`` on the issue (GitHub creates it in the repository on first use),
+        then take off every other label of ``replaces`` the issue carries (the add answers
+        with the issue's labels; one already gone answers 404, which is fine)."""
+        owner, repo, number = _issue_coordinates(event)
+        installation = await self._installation(event.installation_id, owner, repo)
+        base = f"{self._api_url}/repos/{owner}/{repo}/issues/{number}/labels"
+        data, _ = await self._send("POST", base, installation, json={"labels": [label]})
+        names = [item.get("name") for item in data if isinstance(item, dict)] \
+            if isinstance(data, list) else []
+        stale = {name.lower(): name for name in replaces if name.lower() != label.lower()}
+        for name in names:
+            if isinstance(name, str) and name.lower() in stale:
+                with contextlib.suppress(NotFound):
+                    await self._send("DELETE", f"{base}/{quote(name, safe='')}", installation)
+
+    async def _is_own(self, comment: dict[str, Any], installation_id: int | None) -> bool:
+        """Whether the bridge's own account wrote ``comment``: the App it acts as, or the
+        user its token belongs to (``GET /user``, asked once)."""
+        if isinstance(self._auth, GitHubAppCredential):
+            app = comment.get("performed_via_github_app")
+            return isinstance(app, dict) and app.get("id") == self._auth.app_id
+        if self._own_user_id is None:
+            data, _ = await self._send("GET", f"{self._api_url}/user", installation_id)
+            user_id = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(user_id, int):
+                raise TransientError(SERVICE, "GitHub's answer about its user carries no id")
+            self._own_user_id = user_id
+        user = comment.get("user")
+        return isinstance(user, dict) and user.get("id") == self._own_user_id
 
     async def check(self, installation_id: int | None = None) -> str:
         """Online check for ``check-config --online``: the credential works; returns a summary.
@@ -428,7 +489,7 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _issue_coordinates(event: IssueEvent) -> tuple[str, str, str]:
+def _issue_coordinates(event: IssueAddress) -> tuple[str, str, str]:
     """(owner, repo, number) from ``event.scope`` (``owner/repo``) and ``event.number``."""
     owner, _, repo = event.scope.partition("/")
     names_ok = all(_NAME_RE.fullmatch(name) and name not in (".", "..") for name in (owner, repo))

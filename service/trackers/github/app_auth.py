@@ -109,6 +109,11 @@ class AppAuth:
     def __repr__(self) -> str:
         return f"AppAuth(api_url={self._api_url!r}, app_id={self._app_id})"
 
+    @property
+    def app_id(self) -> int:
+        """The App's numeric id (its comments carry it in ``performed_via_github_app``)."""
+        return self._app_id
+
     __str__ = __repr__
 
     # -- GitHubAuth -------------------------------------------------------------

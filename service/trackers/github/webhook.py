@@ -13,10 +13,20 @@ Policy decisions:
   case-insensitively) and ``issues`` ``opened`` (trigger label already in
   ``issue.labels``) trigger. Both fire for an issue created with the label; the
   worker sees them as one request (``service.core.delegation``).
+- An ``opened`` delivery whose ``issue.author_association`` is not ``OWNER``,
+  ``MEMBER`` or ``COLLABORATOR`` is ignored (code ``outsider``): an issue template
+  can apply the label for anyone, and the bridge must not answer strangers with its
+  links. A ``labeled`` delivery needs no such check: only people with triage access
+  can add a label.
 - A ``labeled`` delivery sent by a ``Bot`` sender still triggers: a label applied
   by automation (a triage bot, a workflow) is a legitimate request.
+- ``issues`` ``unlabeled`` (the trigger label) and ``closed`` are ``Change``s: they
+  may stop the issue's agent.
+- ``issue_comment`` ``created`` whose first line starts with the command word is a
+  ``Comment``, unless a bot wrote it (the bridge's own comments included): bots
+  never run commands, so no loop can form.
 - An issue carrying ``pull_request`` is ignored ("pull requests are not
-  delegated").
+  delegated"), and so are comments on one.
 - Other actions and events are answered with ``Ignored`` and a specific reason;
   known-but-unused ones say "is not handled", unknown ones "is not supported".
 
@@ -37,7 +47,18 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from service.core.events import Decision, Ignored, IssueEvent, Person, Ping, Trigger
+from service.core.events import (
+    Change,
+    ChangeEvent,
+    Comment,
+    CommentEvent,
+    Decision,
+    Ignored,
+    IssueEvent,
+    Person,
+    Ping,
+    Trigger,
+)
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.payload import decode_struct, header
 from service.trackers.signing import signature_matches
@@ -58,7 +79,6 @@ IGNORED_EVENTS = frozenset(
         "push",
         "create",
         "delete",
-        "issue_comment",
         "label",
         "pull_request",
         "pull_request_review",
@@ -79,9 +99,7 @@ IGNORED_EVENTS = frozenset(
 # ``issues`` actions the bridge knows about and deliberately does nothing for.
 IGNORED_ISSUE_ACTIONS = frozenset(
     {
-        "unlabeled",
         "edited",
-        "closed",
         "reopened",
         "deleted",
         "transferred",
@@ -158,6 +176,7 @@ class _Issue(msgspec.Struct):
     user: _User
     body: str | None = None
     labels: list[_Label] | None = None
+    author_association: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
     # Presence only, never decoded: Raw() when absent, Raw(b"null") when null.
@@ -188,6 +207,23 @@ class _IssuesDelivery(msgspec.Struct):
     installation: _Installation | None = None
 
 
+class _Comment(msgspec.Struct):
+    id: int
+    body: str
+    user: _User
+
+
+class _IssueCommentDelivery(msgspec.Struct):
+    """An ``issue_comment`` body. The objects are optional here and required where used."""
+
+    action: str
+    comment: _Comment | None = None
+    issue: _Issue | None = None
+    repository: _Repository | None = None
+    sender: _User | None = None
+    installation: _Installation | None = None
+
+
 class _AnyObject(msgspec.Struct):
     """Any other event's body: a JSON object, whatever it holds."""
 
@@ -199,13 +235,14 @@ class _AnyObject(msgspec.Struct):
 class _Delivery:
     """A verified delivery's header values, read in the order their errors are reported."""
 
-    __slots__ = ("delivery_id", "event", "hook_id", "trigger_label")
+    __slots__ = ("command", "delivery_id", "event", "hook_id", "trigger_label")
 
-    def __init__(self, headers: Mapping[str, str], trigger_label: str) -> None:
+    def __init__(self, headers: Mapping[str, str], trigger_label: str, command: str) -> None:
         self.delivery_id = _delivery_id(headers)
         self.event = _required_header(headers, EVENT_HEADER, "X-GitHub-Event")
         self.hook_id = header(headers, HOOK_ID_HEADER)
         self.trigger_label = trigger_label
+        self.command = command
 
 
 def parse_github_delivery(
@@ -214,8 +251,9 @@ def parse_github_delivery(
     *,
     secrets: Sequence[str],
     trigger_label: str,
+    command: str = "/agent",
 ) -> Decision:
-    """Verify and parse one GitHub delivery into ``Trigger``, ``Ignored`` or ``Ping``.
+    """Verify and parse one GitHub delivery into a ``Decision``.
 
     The signature is verified before anything else is looked at. Then
     ``X-GitHub-Delivery`` and ``X-GitHub-Event`` must be present, and the body
@@ -224,10 +262,12 @@ def parse_github_delivery(
     Raises ``SignatureError`` or ``MalformedPayload``; never anything else.
     """
     verify_github_signature(headers, body, secrets)
-    delivery = _Delivery(headers, trigger_label)
+    delivery = _Delivery(headers, trigger_label, command)
     document = _form_payload(body) if _is_form_encoded(headers) else body
     if delivery.event == "issues":
         return _on_issues(delivery, decode_struct(document, _IssuesDelivery))
+    if delivery.event == "issue_comment":
+        return _on_comment(delivery, decode_struct(document, _IssueCommentDelivery))
     decode_struct(document, _AnyObject)
     if delivery.event == "ping":
         return Ping()
@@ -247,24 +287,86 @@ def _form_payload(body: bytes) -> bytes:
     return values[0].encode("utf-8")
 
 
+#: Who may open an issue that carries the trigger label and have it delegated.
+MEMBER_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
+
+
 def _on_issues(delivery: _Delivery, payload: _IssuesDelivery) -> Decision:
-    """An ``issues`` delivery: a ``Trigger``, or ``Ignored`` naming why not."""
+    """An ``issues`` delivery: a ``Trigger``, a ``Change``, or ``Ignored`` naming why not."""
     action = payload.action
-    if action == "labeled":
+    if action in ("labeled", "unlabeled"):
         if payload.label is None:
-            return Ignored("labeled delivery names no label")
+            return Ignored(f"{action} delivery names no label")
         if not _same_label(payload.label.name, delivery.trigger_label):
             return Ignored(f"label '{payload.label.name}' is not the trigger label")
     elif action == "opened":
-        labels = _required(payload.issue, "issue").labels or ()
-        if not any(_same_label(label.name, delivery.trigger_label) for label in labels):
+        issue = _required(payload.issue, "issue")
+        if not any(_same_label(label.name, delivery.trigger_label) for label in issue.labels or ()):
             return Ignored("issue was opened without the trigger label")
-    else:
+        if issue.author_association not in MEMBER_ASSOCIATIONS:
+            return Ignored("issue was opened with the trigger label by someone outside the "
+                           "repository", code="outsider")
+    elif action != "closed":
         verb = "is not handled" if action in IGNORED_ISSUE_ACTIONS else "is not supported"
         return Ignored(f"action '{action}' {verb}")
     if _required(payload.issue, "issue").is_pull_request():
         return Ignored("pull requests are not delegated")
+    if action in ("unlabeled", "closed"):
+        return Change(_change_event(delivery, payload, action))
     return Trigger(_issue_event(delivery, payload))
+
+
+def _on_comment(delivery: _Delivery, payload: _IssueCommentDelivery) -> Decision:
+    """An ``issue_comment`` delivery: a ``Comment`` when a person wrote a command."""
+    if payload.action != "created":
+        return Ignored(f"comment action '{payload.action}' is not handled")
+    comment = _required(payload.comment, "comment")
+    if not _starts_with_command(comment.body, delivery.command):
+        return Ignored("comment is not a command")
+    sender = _required(payload.sender, "sender")
+    if sender.type == "Bot" or comment.user.type == "Bot":
+        return Ignored("comments by bots never run commands")
+    issue = _required(payload.issue, "issue")
+    if issue.is_pull_request():
+        return Ignored("comments on pull requests are not commands")
+    repository = _required(payload.repository, "repository")
+    return Comment(CommentEvent(
+        tracker="github",
+        delivery_id=delivery.delivery_id,
+        issue_key=f"github:{repository.id}:{issue.number}",
+        issue_id=str(issue.id),
+        number=str(issue.number),
+        url=issue.html_url,
+        scope=repository.full_name,
+        comment_id=str(comment.id),
+        author=comment.user.person(),
+        text=comment.body,
+        installation_id=payload.installation.id if payload.installation else None,
+    ))
+
+
+def _starts_with_command(body: str, command: str) -> bool:
+    first = body.lstrip().partition("\n")[0].strip()
+    return first == command or first.startswith((command + " ", command + "\t"))
+
+
+def _change_event(delivery: _Delivery, payload: _IssuesDelivery, action: str) -> ChangeEvent:
+    issue = _required(payload.issue, "issue")
+    repository = _required(payload.repository, "repository")
+    sender = _required(payload.sender, "sender")
+    return ChangeEvent(
+        tracker="github",
+        delivery_id=delivery.delivery_id,
+        issue_key=f"github:{repository.id}:{issue.number}",
+        issue_id=str(issue.id),
+        number=str(issue.number),
+        url=issue.html_url,
+        scope=repository.full_name,
+        change="unlabeled" if action == "unlabeled" else "closed",
+        actor=sender.person(),
+        installation_id=payload.installation.id if payload.installation else None,
+        extra={"sender_type": sender.type} if sender.type else {},
+    )
 
 
 def _same_label(name: str, trigger_label: str) -> bool:

@@ -19,12 +19,12 @@ key, a header value or a request body.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import httpx
 
-from service.core.events import IssueEvent
+from service.core.events import IssueAddress
 from service.errors import (
     NotFound,
     PermanentError,
@@ -63,10 +63,16 @@ ISSUE_COMMENTS = """
 query IssueComments($id: String!, $first: Int!, $after: String) {
   issue(id: $id) {
     comments(first: $first, after: $after) {
-      nodes { id body }
+      nodes { id body user { id } }
       pageInfo { hasNextPage endCursor }
     }
   }
+}
+""".strip()
+
+REACTION_CREATE = """
+mutation ReactionCreate($input: ReactionCreateInput!) {
+  reactionCreate(input: $input) { success }
 }
 """.strip()
 
@@ -242,7 +248,7 @@ def _transport_error(exc: httpx.HTTPError) -> TransientError:
 
 
 class LinearClient:
-    """Linear GraphQL client for the bridge's issue comment (implements ``IssueCommenter``).
+    """Linear GraphQL client for the bridge's issue comment (implements ``IssueTracker``).
 
     ``api_url`` is the GraphQL endpoint (``https://api.linear.app/graphql``);
     ``api_key`` a personal API key or an OAuth access token (see the module
@@ -266,6 +272,7 @@ class LinearClient:
         self._secret = api_key.strip()
         self._http = http
         self._clock = clock
+        self._viewer_id: str | None = None
 
     def __repr__(self) -> str:
         return f"LinearClient(api_url={self._api_url!r})"
@@ -273,34 +280,42 @@ class LinearClient:
     __str__ = __repr__
 
     async def upsert_comment(
-        self, event: IssueEvent, *, marker: str, body: str, comment_id: str | None
+        self, event: IssueAddress, *, marker: str, body: str, comment_id: str | None
     ) -> str:
         """Make the issue carry one bridge comment containing ``marker``, with ``body``.
 
-        Edits ``comment_id`` if it still exists ("Entity not found" there falls
-        through); else searches the issue's comments (every page, up to
-        ``MAX_PAGES`` of ``PAGE_SIZE``) for ``marker`` and edits the first match
-        (no request if it already has this body); else creates the comment on
-        ``event.issue_id``. Returns the comment id. Safe to repeat after any
-        failure. A body without ``marker`` is a programming error (``ValueError``).
+        Edits ``comment_id`` if it still exists and Linear lets the bridge edit it
+        ("Entity not found", or a refused edit, falls through); else searches the
+        issue's comments (every page, up to ``MAX_PAGES`` of ``PAGE_SIZE``) for
+        ``marker`` in a comment the bridge's own user wrote (``viewer``) and edits the
+        first match (no request if it already has this body); else creates the
+        comment on ``event.issue_id``. Returns the comment id. Safe to repeat after
+        any failure. A body without ``marker`` is a programming error (``ValueError``).
         """
         if not marker or marker not in body:
             raise ValueError("the comment body must contain its non-empty marker")
         issue_id = _issue_id(event)
+        refused: str | None = None
         if comment_id:
             try:
                 return await self._update_comment(comment_id, body)
             except NotFound:
                 pass  # deleted since; look for another copy, else create
-        found = await self.find_comment(issue_id, marker)
+            except TokenRejected:
+                raise
+            except PermanentError:
+                refused = comment_id  # the edit is refused: post a new comment
+        found = await self.find_comment(issue_id, marker, skip=refused)
         if found is not None:
             if found["body"] == body:
                 return str(found["id"])
             return await self._update_comment(str(found["id"]), body)
         return await self._create_comment(issue_id, body)
 
-    async def find_comment(self, issue_id: str, marker: str) -> dict[str, Any] | None:
-        """The first comment (``{"id", "body"}``) on the issue whose body contains ``marker``.
+    async def find_comment(self, issue_id: str, marker: str, *,
+                           skip: str | None = None) -> dict[str, Any] | None:
+        """The first comment (``{"id", "body", "user"}``) on the issue that the bridge's
+        own user wrote and whose body contains ``marker`` (other than ``skip``).
 
         Follows ``pageInfo.endCursor`` while ``hasNextPage``, for up to
         ``MAX_PAGES`` pages. ``NotFound`` if the issue does not exist.
@@ -311,12 +326,38 @@ class LinearClient:
             data, _ = await self._graphql(ISSUE_COMMENTS, variables)
             nodes, next_cursor = _comment_page(data)
             for comment in nodes:
-                if marker in comment["body"]:
+                if (marker in comment["body"] and comment["id"] != skip
+                        and await self._is_own(comment)):
                     return comment
             if next_cursor is None or next_cursor == after:
                 return None
             after = next_cursor
         return None
+
+    async def react(self, event: IssueAddress, comment_id: str, content: str = "eyes") -> None:
+        """Add 👀 to a comment (``reactionCreate``); a comment that is gone is left alone."""
+        emoji = {"eyes": "👀", "confused": "😕"}.get(content, content)
+        try:
+            await self._graphql(REACTION_CREATE,
+                                {"input": {"commentId": comment_id, "emoji": emoji}})
+        except NotFound:
+            return
+
+    async def set_status_label(self, event: IssueAddress, label: str, *,
+                               replaces: Collection[str]) -> None:
+        """Status labels are GitHub's (``github.status_labels``): nothing on Linear."""
+
+    async def _is_own(self, comment: dict[str, Any]) -> bool:
+        """Whether the bridge's own Linear user (the key's ``viewer``) wrote ``comment``."""
+        if self._viewer_id is None:
+            data, _ = await self._graphql(VIEWER, {})
+            viewer = data.get("viewer")
+            viewer_id = viewer.get("id") if isinstance(viewer, dict) else None
+            if not isinstance(viewer_id, str) or not viewer_id:
+                raise TransientError(SERVICE, "Linear's answer about its viewer carries no id")
+            self._viewer_id = viewer_id
+        user = comment.get("user")
+        return isinstance(user, dict) and user.get("id") == self._viewer_id
 
     async def check(self) -> str:
         """Online check for ``check-config --online``: the key works; returns a summary.
@@ -380,7 +421,7 @@ class LinearClient:
         )
 
 
-def _issue_id(event: IssueEvent) -> str:
+def _issue_id(event: IssueAddress) -> str:
     """The Linear issue uuid (or identifier) the comment belongs to."""
     issue_id = event.issue_id.strip()
     if event.tracker != "linear" or not issue_id:

@@ -23,8 +23,16 @@ Policy decisions:
   the trigger label, ``update`` when ``data.labelIds`` gained the trigger
   label relative to ``updatedFrom.labelIds`` (a ``null`` previous value counts
   as no labels). An ``update`` whose ``updatedFrom`` has no ``labelIds`` did not
-  touch labels and is ignored, as is one where the label was already on the
-  issue before (e.g. another label changed at the same time).
+  touch labels, and one where the label was already on the issue before (e.g.
+  another label changed at the same time) adds nothing.
+- An ``Issue`` ``update`` that removed labels is a ``Change`` (``unlabeled``): a
+  removed label is known by id only (its name is gone from ``data.labels``), so
+  the removed ids travel in ``extra["removed_label_ids"]`` and the worker compares
+  them with the trigger label's id it kept when the delegation started. One that
+  moved the issue into a ``completed``, ``canceled`` or ``duplicate`` state is a
+  ``Change`` (``closed``).
+- A ``Comment`` ``create`` on an issue whose first line starts with the command
+  word is a ``Comment``, unless an app wrote it (``botActor``).
 - The trigger label matches a label whose **name** equals it
   case-insensitively (names come from ``data.labels``), or whose **id** equals
   it exactly, so that a deployment may configure the label's id to avoid
@@ -40,8 +48,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
-from service.core.events import Decision, Ignored, IssueEvent, Person, Trigger
+from service.core.events import (
+    Change,
+    ChangeEvent,
+    Comment,
+    CommentEvent,
+    Decision,
+    Ignored,
+    IssueEvent,
+    Person,
+    Trigger,
+)
 from service.errors import MalformedPayload, SignatureError
 from service.trackers.payload import (
     Payload,
@@ -67,10 +86,10 @@ _MAX_DELIVERY_ID = 128
 
 Handler = Callable[["_Delivery"], Decision]
 
-# Entity types a workspace webhook may send besides ``Issue``; answered 200, no work.
+# Entity types a workspace webhook may send besides ``Issue`` and ``Comment``; answered
+# 200, no work.
 IGNORED_TYPES = frozenset(
     {
-        "Comment",
         "IssueLabel",
         "IssueAttachment",
         "Attachment",
@@ -168,12 +187,14 @@ def _sent_at_ms(payload: Payload) -> float:
 class _Delivery:
     """A verified, fresh, decoded delivery: header values plus the JSON object."""
 
-    __slots__ = ("delivery_id", "payload", "trigger_label")
+    __slots__ = ("command", "delivery_id", "payload", "trigger_label")
 
-    def __init__(self, *, delivery_id: str, payload: Payload, trigger_label: str) -> None:
+    def __init__(self, *, delivery_id: str, payload: Payload, trigger_label: str,
+                 command: str) -> None:
         self.delivery_id = delivery_id
         self.payload = payload
         self.trigger_label = trigger_label
+        self.command = command
 
 
 def parse_linear_delivery(
@@ -183,8 +204,9 @@ def parse_linear_delivery(
     secrets: Sequence[str],
     trigger_label: str,
     now: float,
+    command: str = "/agent",
 ) -> Decision:
-    """Verify and parse one Linear delivery into ``Trigger`` or ``Ignored``.
+    """Verify and parse one Linear delivery into a ``Decision``.
 
     In this order: the signature over the raw bytes; the body must be a JSON
     object; the timestamp must be within 60 s of ``now`` (UNIX seconds); the
@@ -195,9 +217,8 @@ def parse_linear_delivery(
     verify_linear_signature(headers, body, secrets)
     payload = decode_linear_body(body)
     check_linear_freshness(payload, now=now)
-    delivery = _Delivery(
-        delivery_id=_delivery_id(headers), payload=payload, trigger_label=trigger_label
-    )
+    delivery = _Delivery(delivery_id=_delivery_id(headers), payload=payload,
+                         trigger_label=trigger_label, command=command)
     return _dispatch(delivery)
 
 
@@ -209,6 +230,8 @@ def decode_linear_body(body: bytes) -> Payload:
 def _dispatch(delivery: _Delivery) -> Decision:
     """Route a delivery through the (type, action) table; name what is ignored."""
     kind = _field(delivery.payload, "type", str, "type")
+    if kind == "Comment":
+        return _on_comment(delivery)
     if kind != "Issue":
         verb = "is not handled" if kind in IGNORED_TYPES else "is not supported"
         return Ignored(f"type '{kind}' {verb}")
@@ -229,24 +252,98 @@ def _on_create(delivery: _Delivery) -> Decision:
     return _trigger(delivery, data, label_id)
 
 
+#: Workflow state types in which an issue is closed.
+CLOSED_STATE_TYPES = frozenset({"completed", "canceled", "duplicate"})
+
+
 def _on_update(delivery: _Delivery) -> Decision:
-    """``Issue``/``update``: trigger when ``data.labelIds`` gained the trigger label."""
+    """``Issue``/``update``: a trigger when ``data.labelIds`` gained the trigger label; a
+    change when labels were removed or the issue moved to a closed state."""
     updated_from = delivery.payload.get("updatedFrom")
     if updated_from is None:
         return Ignored("update did not change labels")
     previous_raw = _as_object(updated_from, "updatedFrom")
+    data = _object(delivery.payload, "data", "data")
+    if "stateId" in previous_raw and _state_type(data) in CLOSED_STATE_TYPES:
+        return Change(_change(delivery, data, "closed"))
     if "labelIds" not in previous_raw:
         return Ignored("update did not change labels")
-    data = _object(delivery.payload, "data", "data")
     current = _label_ids(data)
-    previous = set(_id_list(previous_raw.get("labelIds"), "updatedFrom.labelIds"))
+    previous = _id_list(previous_raw.get("labelIds"), "updatedFrom.labelIds")
     added = [label_id for label_id in current if label_id not in previous]
     label_id = _trigger_label_id(data, added, delivery.trigger_label)
     if label_id is not None:
         return _trigger(delivery, data, label_id)
+    removed = [label_id for label_id in previous if label_id not in current]
+    if removed:
+        return Change(_change(delivery, data, "unlabeled",
+                              extra={"removed_label_ids": ",".join(removed)}))
     if _trigger_label_id(data, current, delivery.trigger_label) is not None:
         return Ignored("trigger label was already on the issue")
     return Ignored("update did not add the trigger label")
+
+
+def _state_type(data: Payload) -> str | None:
+    state = _optional_object(data, "state", "data.state")
+    return _optional(state, "type", str, "data.state.type") if state is not None else None
+
+
+def _change(delivery: _Delivery, data: Payload, change: Literal["unlabeled", "closed"], *,
+            extra: dict[str, str] | None = None) -> ChangeEvent:
+    issue_id = _field(data, "id", str, "data.id")
+    identifier = _field(data, "identifier", str, "data.identifier")
+    return ChangeEvent(
+        tracker="linear",
+        delivery_id=delivery.delivery_id,
+        issue_key=f"linear:{issue_id}",
+        issue_id=issue_id,
+        number=identifier,
+        url=_issue_url(delivery.payload, data),
+        scope=_scope(_optional_object(data, "team", "data.team"), identifier),
+        change=change,
+        actor=_actor(delivery.payload),
+        extra=extra or {},
+    )
+
+
+def _on_comment(delivery: _Delivery) -> Decision:
+    """``Comment``/``create``: a ``Comment`` when a person wrote a command on an issue."""
+    action = _field(delivery.payload, "action", str, "action")
+    if action != "create":
+        return Ignored(f"comment action '{action}' is not handled")
+    data = _object(delivery.payload, "data", "data")
+    body = _field(data, "body", str, "data.body")
+    first = body.lstrip().partition("\n")[0].strip()
+    if first != delivery.command and not first.startswith((delivery.command + " ",
+                                                           delivery.command + "\t")):
+        return Ignored("comment is not a command")
+    if data.get("botActor") is not None:
+        return Ignored("comments by apps never run commands")
+    issue_id = _optional(data, "issueId", str, "data.issueId")
+    if not issue_id:
+        return Ignored("comment is not on an issue")
+    user_id = _optional(data, "userId", str, "data.userId")
+    if not user_id:
+        return Ignored("comment has no author")
+    user = _optional_object(data, "user", "data.user")
+    name = _optional(user, "name", str, "data.user.name") if user is not None else None
+    issue = _optional_object(data, "issue", "data.issue")
+    identifier = (_optional(issue, "identifier", str, "data.issue.identifier") or ""
+                  if issue is not None else "")
+    url = ((_optional(issue, "url", str, "data.issue.url") if issue is not None else None)
+           or _optional(delivery.payload, "url", str, "url") or "")
+    return Comment(CommentEvent(
+        tracker="linear",
+        delivery_id=delivery.delivery_id,
+        issue_key=f"linear:{issue_id}",
+        issue_id=issue_id,
+        number=identifier,
+        url=url.partition("#")[0],
+        scope=identifier.rpartition("-")[0],
+        comment_id=_field(data, "id", str, "data.id"),
+        author=Person(user_id, name or ""),
+        text=body,
+    ))
 
 
 _ISSUE_HANDLERS: dict[str, Handler] = {
