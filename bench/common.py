@@ -353,6 +353,7 @@ class BridgeSettings:
     concurrency: int = 4
     poll_interval: float = 1.0
     lease_seconds: int = 120
+    sync_interval: float = 15.0
 
 
 @dataclass
@@ -424,6 +425,9 @@ comments_per_hour = 0
 concurrency = {s.concurrency}
 lease_seconds = {s.lease_seconds}
 poll_interval = {s.poll_interval}
+
+[sync]
+interval = {s.sync_interval}
 """)
 
     def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -60,6 +60,17 @@ def linear_delivery(*, sent_at: float = LINEAR_FIXTURE_SENT_AT) -> tuple[bytes, 
     return body, headers
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for item in family.samples:
+            if item.name == name and all(item.labels.get(k) == v for k, v in labels.items()):
+                return float(item.value)
+    return 0.0
+
+
 async def eventually(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
     """Poll ``condition`` (sync or async) for up to 10 s without blocking the bridge's loop."""
     timeout = 10.0

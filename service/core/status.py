@@ -30,7 +30,10 @@ after a follow-up, has not started its turn yet. It has worked when a working st
 was seen since the last message the bridge sent it (``Progress.sent_at``; remembered
 in ``Progress.worked``), or when it changed later than ``SETTLE_SECONDS`` after that
 message (a task's reported state, a chat's ``updated_at``): a turn too quick for any
-check to see it working.
+check to see it working. Failing both, work still idle ``QUIET_SECONDS`` after the
+message has had its turn (``is_settling`` says until when status rounds look at it
+again without a change). Work shown done stays done while it stays idle (a pull
+request or a message may still arrive).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ Shown = Literal["starting", "working", "needs_input", "done", "failed", "stopped
 MAX_MESSAGE_CHARS = 500
 MAX_FAILURE_CHARS = 300
 SETTLE_SECONDS = 10.0
+QUIET_SECONDS = 60.0
 
 
 class Progress(msgspec.Struct, frozen=True):
@@ -154,7 +158,8 @@ def observe_task(task: TaskSnapshot, before: Shown, progress: Progress, *, now: 
     if task.state in _TASK_FAILED:
         return _ended("failed", progress, now, failure=(
             plain(task.message, MAX_FAILURE_CHARS) or "the agent reported a failure"))
-    if task.state in _TASK_FINISHED and _has_worked(progress, task.state_at):
+    finished = before == "done" or _has_worked(progress, task.state_at, now)
+    if task.state in _TASK_FINISHED and finished:
         return _ended("done", progress, now)
     worked = progress.worked or task.state == "working"
     return Observed("working", _active(progress, now, worked=worked))
@@ -175,18 +180,26 @@ def observe_chat(chat: ChatSnapshot, before: Shown, progress: Progress, *, now: 
     if chat.status in _CHAT_NEEDS_INPUT:
         return Observed("needs_input", _active(progress, now, worked=True))
     if chat.status in _CHAT_IDLE:
-        if _has_worked(progress, chat.updated_at):
+        if before == "done" or _has_worked(progress, chat.updated_at, now):
             return _ended("done", progress, now)
         return Observed("working", _active(progress, now, worked=False))
     return Observed("working", _active(progress, now, worked=True))  # running, and unknown ones
 
 
-def _has_worked(progress: Progress, changed_at: float | None) -> bool:
+def _has_worked(progress: Progress, changed_at: float | None, now: float) -> bool:
     """Whether the turn started by the bridge's last message has run (module docstring)."""
-    if progress.worked:
-        return True
-    return (changed_at is not None and progress.sent_at is not None
-            and changed_at >= progress.sent_at + SETTLE_SECONDS)
+    if progress.worked or progress.sent_at is None:
+        return progress.worked
+    return ((changed_at is not None and changed_at >= progress.sent_at + SETTLE_SECONDS)
+            or now >= progress.sent_at + QUIET_SECONDS)
+
+
+def is_settling(progress: Progress, *, now: float) -> bool:
+    """Whether the bridge's last message may still be waiting for its turn to be seen:
+    not seen working yet, and sent less than ``QUIET_SECONDS`` ago (plus a margin for
+    the check that decides it)."""
+    return (not progress.worked and progress.sent_at is not None
+            and now <= progress.sent_at + QUIET_SECONDS + 2 * SETTLE_SECONDS)
 
 
 def _active(progress: Progress, now: float, *, worked: bool) -> Progress:

@@ -56,12 +56,12 @@ STATUS_LABELS: dict[str, str] = {
 STATUS_LABEL_NAMES: frozenset[str] = frozenset(STATUS_LABELS.values())
 
 
-def shown_state(state: DelegationState) -> Shown:
-    """The state a delegation's status comment shows (``starting`` before the work runs,
-    ``failed`` after giving up)."""
+def shown_state(state: DelegationState, *, first: Shown = "starting") -> Shown:
+    """The state a delegation's status comment shows: its own, ``failed`` after giving
+    up, and ``first`` while it has none yet (pending, waiting for a link or consent)."""
     if state == "gave_up":
         return "failed"
-    return state if state in SHOWN_STATES else "starting"  # type: ignore[return-value]
+    return state if state in SHOWN_STATES else first  # type: ignore[return-value]
 
 
 def work_of(d: Delegation, owner_name: str) -> CreatedWork | None:

@@ -5,8 +5,10 @@ one list call of that user's tasks or chats (``CoderBackend.list_snapshots``), e
 listed task or chat reduced to a fingerprint (``service.core.status.fingerprint``)
 and compared with what its delegation last showed (``Delegation.checked``). Only a
 difference queues a check job, which reads that one task or chat and edits the
-comment. So the cost grows with the people who have work running, not with their
-tasks: one list call per person and interval, plus one read per change.
+comment (so do held follow-ups, the runtime limit, and a message whose turn has not
+been seen yet: ``service.core.status.is_settling``). So the cost grows with the people
+who have work running, not with their tasks: one list call per person and interval,
+plus one read per change.
 
 Rounds are claimed per account in the store under a short lease, so replicas share
 them and never check one account twice at once. An account's requests stay under
@@ -25,7 +27,7 @@ from collections.abc import Callable
 
 from service import metrics
 from service.coder.base import Snapshot
-from service.core.status import Progress, fingerprint
+from service.core.status import Progress, fingerprint, is_settling
 from service.errors import RateLimited, RemoteError, TokenRejected, VaultError
 from service.http import CALL_PURPOSE
 from service.logging import get_logger
@@ -159,6 +161,8 @@ class StatusRounds:
             elif shown_state(d.state) in ACTIVE_SHOWN and over_runtime(progress, now=now,
                                                                        limit=limit):
                 reason = "max_runtime"
+            elif shown_state(d.state) in ACTIVE_SHOWN and is_settling(progress, now=now):
+                reason = "settling"  # a quick turn may have ended unseen: look again
             else:
                 continue
             if await self.store.request_check(d, seen=seen, now=now, reason=reason):

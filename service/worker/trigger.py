@@ -37,10 +37,10 @@ from service.core.delegation import (
 )
 from service.core.events import IssueEvent
 from service.core.prompt import issue_reference, render_prompt
-from service.core.status import Progress
+from service.core.status import Progress, Shown
 from service.errors import PermanentError, RemoteError, TokenRejected, TransientError, VaultError
 from service.logging import get_logger
-from service.store.base import Account, Delegation, DelegationState, Job
+from service.store.base import Account, Delegation, Job
 from service.worker.context import WorkerContext, shown_state, work_of
 from service.worker.results import Done, Failed, Finish, JobResult
 
@@ -88,7 +88,10 @@ class Starter:
         if d.task_id is None:
             d = await self._create(event, d, attempt=attempt, consented=consented)
         progress = Progress.from_json(d.progress_json)
-        d = await self.ctx.show(event, d, shown_state(d.state), progress)
+        # Work that shows no state yet starts out Starting (Working without status checks,
+        # which would never tell it has started).
+        first: Shown = "starting" if self.ctx.config.sync.enabled else "working"
+        d = await self.ctx.show(event, d, shown_state(d.state, first=first), progress)
         outcome = "existing" if existing else "created"
         log.info("delegation_shown", outcome=outcome, task_url=d.task_url, state=d.state)
         return Done(outcome)
@@ -175,9 +178,8 @@ class Starter:
             await self._fail(event, shown, exc.message)
         d = shown
         await self.ctx.store.mark_token_used(account.id, now=self.ctx.clock())
-        first: DelegationState = "starting" if self.ctx.config.sync.enabled else "working"
         d = replace(d, task_kind=work.kind, task_id=work.id, task_name=spec.name,
-                    task_url=work.url, state=first, last_error=None, updated_at=self.ctx.clock(),
+                    task_url=work.url, last_error=None, updated_at=self.ctx.clock(),
                     progress_json=Progress(started_at=started, sent_at=started).to_json())
         await self.ctx.store.save_delegation(d)
         log.info("task_created", task_url=work.url, kind=work.kind, coder_user=work.owner_name)

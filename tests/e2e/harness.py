@@ -258,16 +258,27 @@ poll_interval = 0.05
         return self.deliver(body=body, delivery_id=delivery_id,
                             headers={"X-Hub-Signature-256": sign_github(body)})
 
-    def deliver_issue(self, number: int, delivery_id: str | None = None) -> httpx.Response:
+    def deliver_issue(self, number: int, delivery_id: str | None = None, *,
+                      sender: tuple[int, str] | None = None) -> httpx.Response:
         """POST the fixture's ``labeled`` delivery as if for issue ``number`` of the same
-        repository (which the GitHub fake then has), signed."""
+        repository (which the GitHub fake then has), signed; ``sender`` (id, login) is
+        who added the label (default: the author)."""
         self.github.add_issue(REPOSITORY, number)
         payload = json.loads(fixture_bytes("github/issues__labeled.json"))
         payload["issue"].update(number=number, id=444500000 + number,
                                 html_url=f"https://github.com/{REPOSITORY}/issues/{number}")
+        if sender is not None:
+            payload["sender"].update(id=sender[0], login=sender[1])
         body = json.dumps(payload).encode()
         return self.deliver(body=body, delivery_id=delivery_id or f"issue-{number}",
                             headers={"X-Hub-Signature-256": sign_github(body)})
+
+    def open_issue_as_outsider(self, delivery_id: str) -> httpx.Response:
+        """The fixture's ``opened`` delivery (with the trigger label) for an issue written
+        by someone without access to the repository (``author_association`` ``NONE``)."""
+        payload = json.loads(fixture_bytes("github/issues__opened.json"))
+        payload["issue"]["author_association"] = "NONE"
+        return self.send_github("issues", payload, delivery_id)
 
     def comments(self, number: int = 1) -> list[dict[str, Any]]:
         return self.github.comments(REPOSITORY, number)

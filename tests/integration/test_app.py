@@ -21,7 +21,7 @@ from service.app import Services, build_services, create_app
 from service.config import Config, load_config
 from service.errors import StoreError
 from service.http import InstrumentedTransport, classify_endpoint
-from tests.conftest import GITHUB_SECRET, eventually, fixture_bytes, github_headers
+from tests.conftest import GITHUB_SECRET, eventually, fixture_bytes, github_headers, sample
 from tests.e2e.harness import ENCRYPTION_KEY
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
@@ -86,15 +86,6 @@ async def bridge(
     async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
         yield services, client, clock
     await services.close()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus exposition (0 if absent)."""
-    for family in text_string_to_metric_families(text):
-        for item in family.samples:
-            if item.name == name and all(item.labels.get(k) == v for k, v in labels.items()):
-                return float(item.value)
-    return 0.0
 
 
 async def deliver(client: httpx.AsyncClient, name: str = "issues__labeled.json",

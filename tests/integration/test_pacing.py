@@ -22,11 +22,11 @@ from service.coder.client import CoderClient
 from service.store.base import Identity
 from service.trackers.github.api import GitHubClient, TokenAuth
 from service.trackers.github.ratelimit import ContentRateLimiter
-from tests.conftest import eventually, fixture_bytes, github_headers, sign_github
+from tests.conftest import eventually, fixture_bytes, github_headers, sample, sign_github
 from tests.fakes.coder import FakeCoder
 from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub
 from tests.fakes.server import serve_in_thread
-from tests.integration.test_app import make_config, sample
+from tests.integration.test_app import make_config
 
 REPO = "Codertocat/Hello-World"
 ISSUES = range(1, 9)  # twice the worker slots (4)

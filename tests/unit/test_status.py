@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from service.core.status import (
+    QUIET_SECONDS,
     SETTLE_SECONDS,
     ChatSnapshot,
     Progress,
     Shown,
     TaskSnapshot,
     fingerprint,
+    is_settling,
     is_web_link,
     observe_chat,
     observe_task,
 )
 
 NOW = 1_800_000_000.0
-SENT = NOW - 60
-FRESH = Progress(started_at=SENT, sent_at=SENT)  # the prompt went out a minute ago
+SENT = NOW - 30
+FRESH = Progress(started_at=SENT, sent_at=SENT)  # the prompt went out half a minute ago
 WORKED = Progress(started_at=SENT, sent_at=SENT, worked=True)
 
 
@@ -54,6 +57,28 @@ def test_a_turn_too_quick_to_be_seen_working_is_done_once_it_reported_later() ->
     assert observe_task(quick, "working", FRESH, now=NOW).shown == "done"
     stale = task("active", "idle", state_at=SENT - 5)  # the idle of the previous turn
     assert observe_task(stale, "working", FRESH, now=NOW).shown == "working"
+
+
+def test_a_turn_nobody_saw_is_over_once_it_has_been_quiet_a_minute() -> None:
+    sent = Progress(started_at=SENT, sent_at=NOW - QUIET_SECONDS + 1)
+    assert observe_task(task("active", "idle"), "working", sent, now=NOW).shown == "working"
+    assert observe_task(task("active", "idle"), "working", sent, now=NOW + 1).shown == "done"
+    assert observe_chat(chat("waiting"), "working", sent, now=NOW + 1).shown == "done"
+    assert is_settling(sent, now=NOW + 1)  # rounds keep looking until that is decided
+    assert not is_settling(sent, now=NOW + 3 * QUIET_SECONDS)
+    assert not is_settling(msgspec.structs.replace(sent, worked=True), now=NOW)
+
+
+def test_done_stays_done_while_it_stays_idle() -> None:
+    """A check after Done (a pull request appeared) must not call it Working again."""
+    done = observe_task(task("active", "idle"), "working", WORKED, now=NOW)
+    later = observe_task(task("active", "idle", uri="https://g/o/r/pull/4"), done.shown,
+                         done.progress, now=NOW + 30)
+    assert (later.shown, later.progress.pr_url) == ("done", "https://g/o/r/pull/4")
+    assert later.progress.ended_at == NOW  # still when it ended
+    chat_done = observe_chat(chat("waiting"), "working", WORKED, now=NOW)
+    assert observe_chat(chat("waiting", pr_url="https://g/p/1"), chat_done.shown,
+                        chat_done.progress, now=NOW + 30).shown == "done"
 
 
 def test_seeing_it_work_is_remembered_until_its_turn_ends() -> None:
