@@ -431,10 +431,10 @@ async def _users_allow_others(store: Store, args: argparse.Namespace) -> int:
         what = f"linear {args.linear_id}"
     if not changed:
         raise UserError(f"{what} is not linked")
-    verdict = ("others may now delegate" if args.allow
-               else "only their own requests now run on")
-    print(f"{what}: {verdict} their issues to their Coder account" if args.allow
-          else f"{what}: {verdict} their Coder account")
+    if args.allow:
+        print(f"{what}: others may now delegate their issues to their Coder account")
+    else:
+        print(f"{what}: only their own requests now run on their Coder account")
     return 0
 
 

@@ -185,3 +185,59 @@ def test_migrate_reports_the_schema_version(tmp_path: Path, coder: tuple[FakeCod
     assert first.returncode == 0 and f"applied migrations {applied}" in first.stdout
     again = run(config, "migrate")
     assert f"schema is current (version {newest})" in again.stdout
+
+
+def test_allow_others_is_switched_per_person_and_shown(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    fake, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    token = fake.add_user("alice")
+    assert run(config, "users", "link", "--github-id", "1", "--coder-token-stdin",
+               stdin=token).returncode == 0
+    assert "only their own requests" in run(config, "users", "list").stdout
+    on = run(config, "users", "allow-others", "--github-id", "1", "--on")
+    assert on.returncode == 0 and "others may now delegate" in on.stdout
+    assert "others may delegate" in run(config, "users", "list").stdout
+    off = run(config, "users", "allow-others", "--coder-user", "alice", "--off")
+    assert off.returncode == 0 and "only their own requests" in off.stdout
+    assert "only their own requests" in run(config, "users", "list").stdout
+    unknown = run(config, "users", "allow-others", "--linear-id", "nobody", "--on")
+    assert unknown.returncode == 1 and "is not linked" in unknown.stderr
+    assert run(config, "users", "allow-others", "--github-id", "1").returncode == 2  # on or off?
+
+
+def test_delegations_list_filters_by_state(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
+    _, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    assert "no delegations" in run(config, "delegations", "list").stdout
+    script = f"""
+import asyncio, dataclasses
+from service.core.events import IssueEvent, Person
+from service.store import open_store
+
+async def main():
+    store = await open_store("sqlite:///{tmp_path / 'bridge.db'}")
+    for n, state in ((1, "working"), (2, "done"), (3, "awaiting_consent")):
+        d = await store.create_delegation(issue_key=f"github:1:{{n}}", tracker="github",
+                                          delivery_id=f"d{{n}}", generation=1, now=1e9 + n)
+        event = IssueEvent("github", f"d{{n}}", f"github:1:{{n}}", "9", str(n), "t", "",
+                           "https://github.com/o/r/issues/1", "o/r", Person("1", "a"), None)
+        await store.save_delegation(dataclasses.replace(
+            d, state=state, trigger_json=event.to_json(), updated_at=1e9 + n,
+            task_kind="task" if n < 3 else None, task_url=f"https://c/tasks/a/{{n}}"))
+    await store.close()
+
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ,
+                   "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60)
+    every = run(config, "delegations", "list").stdout.splitlines()
+    assert [line.split("\t")[0] for line in every] == ["o/r#3", "o/r#2", "o/r#1"]
+    assert every[2].split("\t")[1:5] == ["-", "task", "https://c/tasks/a/1", "working"]
+    active = run(config, "delegations", "list", "--state", "active").stdout
+    assert active.splitlines() == [every[2]]
+    assert "no delegations in state stopped" in run(config, "delegations", "list", "--state",
+                                                    "stopped").stdout
+    assert run(config, "delegations", "list", "--state", "bogus").returncode == 2
+    assert len(run(config, "delegations", "list", "--limit", "1").stdout.splitlines()) == 1
