@@ -32,7 +32,13 @@ from service.core.status import (
 from service.errors import PermanentError, TokenRejected, TransientError, VaultError
 from service.logging import get_logger
 from service.store.base import Delegation, Job
-from service.worker.context import WorkerContext, shown_state, trigger_of, work_of
+from service.worker.context import (
+    WorkerContext,
+    acting_person,
+    shown_state,
+    trigger_of,
+    work_of,
+)
 from service.worker.followups import send_held
 from service.worker.results import Done, JobResult
 
@@ -127,8 +133,7 @@ class CheckRunner:
     async def _cannot_follow(self, trigger: IssueEvent, d: Delegation) -> None:
         """Coder rejected the token the work runs with: say so once on the issue (its
         state stays as last seen) and stop following it."""
-        acting = next((p for p in (trigger.author, trigger.labeler)
-                       if p is not None and p.id == d.acting_id), None)
+        acting = acting_person(d, trigger)
         who = comments.person_name(trigger.tracker, acting) if acting else "its owner"
         notice = (f"coder-bridge can no longer follow this agent: Coder rejected the token "
                   f"connected for {who}. The agent itself goes on in Coder; connect again at "

@@ -26,7 +26,13 @@ from service.core.status import Progress
 from service.errors import PermanentError, TokenRejected, TransientError, VaultError
 from service.logging import get_logger
 from service.store.base import Delegation, Job
-from service.worker.context import WorkerContext, shown_state, trigger_of, work_of
+from service.worker.context import (
+    WorkerContext,
+    acting_person,
+    shown_state,
+    trigger_of,
+    work_of,
+)
 from service.worker.followups import send_held
 from service.worker.results import Done, Failed, Finish, JobResult
 from service.worker.trigger import Starter, plain_error
@@ -160,8 +166,7 @@ def _people(d: Delegation | None, trigger: IssueEvent | None) -> comments.People
     """The author, the labeler and the acting user of a delegation, as far as known."""
     if d is None or trigger is None:
         return comments.People(None, None, None)
-    acting = next((p for p in (trigger.author, trigger.labeler)
-                   if p is not None and p.id == d.acting_id), None)
+    acting = acting_person(d, trigger)
     if acting is None and d.acting_id is None and d.state in ("pending", "needs_link"):
         acting = trigger.author  # who would run it, once connected
     return comments.People(trigger.author, trigger.labeler, acting)

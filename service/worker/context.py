@@ -26,7 +26,7 @@ from service.coder.base import CoderBackend, CreatedWork
 from service.config import Config
 from service.core import comments
 from service.core.delegation import delegation_key
-from service.core.events import IssueAddress, IssueEvent
+from service.core.events import IssueAddress, IssueEvent, Person
 from service.core.retry import RetryIn, decide_retry
 from service.core.status import Progress, Shown
 from service.core.work import Delegation, DelegationState
@@ -71,6 +71,12 @@ def work_of(d: Delegation, owner_name: str) -> CreatedWork | None:
     kind: Literal["task", "chat"] = "chat" if d.task_kind == "chat" else "task"
     return CreatedWork(kind=kind, id=d.task_id, url=d.task_url or "", owner_name=owner_name,
                        status="unknown")
+
+
+def acting_person(d: Delegation, trigger: IssueEvent) -> Person | None:
+    """The tracker account whose Coder account runs the delegation (None while unknown)."""
+    return next((p for p in (trigger.author, trigger.labeler)
+                 if p is not None and p.id == d.acting_id), None)
 
 
 def trigger_of(d: Delegation) -> IssueEvent | None:

@@ -145,10 +145,20 @@ def test_stop_by_command_and_who_may_give_it(tmp_path: Path) -> None:
         bridge.say("/agent stop")
         bridge.wait_for_status("Stopped", contains="by @Codertocat")
         assert bridge.coder.stops == [("pause", task["id"], "codertocat")]
+        assert metric(bridge, "coder_bridge_commands_total", command="stop",
+                      outcome="done") == 1
+        assert metric(bridge, "coder_bridge_commands_total", command="stop",
+                      outcome="refused") == 1
+        assert metric(bridge, "coder_bridge_stops_total", cause="command") == 1
         bridge.say("/agent one more thing")
         wait_for(lambda: any("is not running (Stopped)" in c["body"]
                              for c in bridge.bridge_comments()), what="the not-running reply")
         assert bridge.coder.task_inputs(task["id"]) == []
+        # On an issue without an agent, a command is told so.
+        bridge.github.add_issue(REPOSITORY, 2)
+        bridge.say("/agent stop", number=2)
+        wait_for(lambda: any("No agent works on this issue" in c["body"]
+                             for c in bridge.bridge_comments(2)), what="the reply on issue 2")
         # A bot's command never runs, whoever it names.
         bridge.say("/agent stop", user_id=41, login="dependabot[bot]", user_type="Bot")
         assert "comments by bots never run commands" in bridge.logs()  # answered "ignored"
