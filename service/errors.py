@@ -23,8 +23,12 @@ Layers switch on the class, never on the message text::
             ├── RouteNotFound  404 "Route not found.": the server lacks this API or prefix
             └── Conflict       409: e.g. the deterministic task name is already taken
 
-Messages of ``RemoteError`` are plain words meant for an issue comment: they
-never contain a token, a header, or a request body.
+A ``RemoteError`` carries two texts. ``message`` is for operators (logs, the CLI):
+plain words, never a token, a header or a request body, but it may hold what the
+remote said, e.g. Coder's ``detail`` or a build log. ``public`` is what may go into a
+comment everyone on the issue reads: set only where the text is known to be safe
+(the bridge's own words, or Coder's short ``message`` for a validation it is known
+to send); empty otherwise, and the comment then names a category and a reference.
 """
 
 from __future__ import annotations
@@ -102,7 +106,9 @@ class RemoteError(BridgeError):
     """A call to a remote service failed.
 
     ``service`` is ``"coder"``, ``"github"`` or ``"linear"``; ``status`` the HTTP
-    status when there was a response; ``message`` plain words safe for a comment.
+    status when there was a response; ``message`` plain words for operators;
+    ``public`` words safe for a public comment, or ``""`` (see the module docstring);
+    ``server_message`` the remote's own short ``message`` field, when it sent one.
     """
 
     def __init__(
@@ -112,12 +118,16 @@ class RemoteError(BridgeError):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        public: str = "",
+        server_message: str = "",
     ) -> None:
         super().__init__(message)
         self.service = service
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.public = public
+        self.server_message = server_message
 
     def __str__(self) -> str:
         where = f" (HTTP {self.status})" if self.status is not None else ""

@@ -222,7 +222,7 @@ class ChatsBackend:
             raise explain_create_failure(exc) from None
         chat = parse_chat(answer)
         if chat.status == "error":
-            raise PermanentError("coder", describe_failed_chat(chat, self._link(chat.id)))
+            raise failed_chat_error(chat, self._link(chat.id))
         log.info("chat_created", chat_id=chat.id, status=chat.status, workspace_id=workspace_id)
         return self._created(chat)
 
@@ -354,12 +354,9 @@ class ChatsBackend:
         try:
             body = await self._client.request("GET", f"{API_V2}/organizations/{_seg(ref)}")
         except NotFound:
-            raise NotFound(
-                "coder",
-                f'Coder organization "{ref}" was not found, or your Coder account is not a '
-                "member of it; check coder.organization",
-                status=404,
-            ) from None
+            words = (f'Coder organization "{ref}" was not found, or your Coder account is not '
+                     "a member of it; check coder.organization")
+            raise NotFound("coder", words, status=404, public=words) from None
         org_id = _text(body.get("id")) if isinstance(body, dict) else ""
         if not org_id:
             raise PermanentError(
@@ -372,11 +369,9 @@ class ChatsBackend:
         if len(user.organization_ids) == 1:
             return user.organization_ids[0]
         count = len(user.organization_ids)
-        raise PermanentError(
-            "coder",
-            f"your Coder account belongs to {count} organizations, so the bridge cannot tell "
-            "which one the chat belongs to; set coder.organization",
-        )
+        words = (f"your Coder account belongs to {count} organizations, so the bridge cannot "
+                 "tell which one the chat belongs to; set coder.organization")
+        raise PermanentError("coder", words, public=words)
 
     async def _workspace_for(self, spec: WorkSpec, org_id: str,
                              on_wait: OnWait | None) -> str | None:
@@ -462,21 +457,24 @@ def explain_create_failure(exc: PermanentError) -> PermanentError:
     Coder's own words are kept; a hint is added from the status (and, for
     wording only, a keyword of the message). The class never depends on text.
     """
-    return PermanentError(
-        "coder",
-        f"Coder did not start the chat: {exc.message}{_create_hint(exc)}",
-        status=exc.status,
-    )
+    hint = _create_hint(exc)
+    # Coder's short message is shown for the refusals it is known to send (not a member,
+    # no model, a usage limit, invalid labels); never its detail or validations.
+    known = exc.status in (400, 403, 409) and exc.server_message
+    public = f"Coder did not start the chat: {exc.server_message}{hint}" if known else ""
+    return PermanentError("coder", f"Coder did not start the chat: {exc.message}{hint}",
+                          status=exc.status, public=public, server_message=exc.server_message)
 
 
-def describe_failed_chat(chat: Chat, url: str) -> str:
-    """Plain words for a chat that is in ``error`` straight after it was created."""
+def failed_chat_error(chat: Chat, url: str) -> PermanentError:
+    """A chat that is in ``error`` straight after it was created: Coder's short
+    ``last_error.message`` for the issue, its ``detail`` for the log only."""
     error = chat.last_error
     reason = (error.message if error else "") or "Coder gave no reason"
-    if error and error.detail and error.detail not in reason:
-        reason = f"{reason} ({error.detail})"
     hint = _KIND_HINTS.get(error.kind if error else "", "")
-    return f"Coder started the chat but it failed at once: {reason}.{hint} See {url}"
+    public = f"Coder started the chat but it failed at once: {reason}.{hint} See {url}"
+    detail = f" ({error.detail})" if error and error.detail else ""
+    return PermanentError("coder", f"{public}{detail}", public=public)
 
 
 _KIND_HINTS: Final = {

@@ -67,21 +67,24 @@ def _error_for(response: httpx.Response, service: str) -> RemoteError:
     """The typed error for a non-2xx ``response`` (see ``decipher_response``)."""
     status = response.status_code
     body = _json_or_none(response)
-    message = _scrub(_describe_failure(response, body), _secrets_of(response))
+    secrets = _secrets_of(response)
+    message = _scrub(_describe_failure(response, body), secrets)
+    short = _scrub(_as_sentence(body.get("message")), secrets) if isinstance(body, dict) else ""
     if status == 401:
-        return TokenRejected(service, message, status=status)
+        return TokenRejected(service, message, status=status, server_message=short)
     if status == 404:
         is_route = isinstance(body, dict) and body.get("message") == ROUTE_NOT_FOUND
         cls: type[RemoteError] = RouteNotFound if is_route else NotFound
-        return cls(service, message, status=status)
+        return cls(service, message, status=status, server_message=short)
     if status == 409:
-        return Conflict(service, message, status=status)
+        return Conflict(service, message, status=status, server_message=short)
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return RateLimited(service, message, status=status, retry_after=retry_after)
+        return RateLimited(service, message, status=status, retry_after=retry_after,
+                           server_message=short)
     if status >= 500 or status == 408:
-        return TransientError(service, message, status=status)
-    return PermanentError(service, message, status=status)
+        return TransientError(service, message, status=status, server_message=short)
+    return PermanentError(service, message, status=status, server_message=short)
 
 
 def decipher_transport_error(exc: httpx.HTTPError, *, service: str = "coder") -> RemoteError:
@@ -172,10 +175,12 @@ class CoderClient:
 
     def _scrubbed(self, exc: RemoteError) -> RemoteError:
         """The same error with this client's token removed from its message."""
-        clean = _scrub(exc.message, _split_secrets(self._token))
+        secrets = _split_secrets(self._token)
+        clean = _scrub(exc.message, secrets)
         if clean != exc.message:
             exc.message = clean
             exc.args = (clean,)
+        exc.server_message = _scrub(exc.server_message, secrets)
         return exc
 
 

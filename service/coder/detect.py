@@ -174,15 +174,15 @@ async def probe(client: CoderClient, api: ApiChoice) -> Detected:
         if base is not None:
             return Detected("tasks", base, raw)
         if api == "tasks":
-            raise PermanentError(
-                "coder",
-                "coder.api is set to tasks, but this Coder server does not serve the Tasks API "
-                "(Coder v2.37 and later replaced Tasks with Chats); set coder.api to auto",
-            )
+            words = ("coder.api is set to tasks, but this Coder server does not serve the "
+                     "Tasks API (Coder v2.37 and later replaced Tasks with Chats); set coder.api "
+                     "to auto")
+            raise PermanentError("coder", words, public=words)
     base, gated = await _chats_base(client, version)
     if base is not None:
         return Detected("chats", base, raw)
-    raise PermanentError("coder", _neither_message(api, gated))
+    words = _neither_message(api, gated)
+    raise PermanentError("coder", words, public=words)
 
 
 async def server_version(client: CoderClient) -> ServerVersion | None:

@@ -71,8 +71,9 @@ class TasksBackend:
         """
         if not spec.template.strip():
             raise PermanentError(
-                "coder", "no template configured: set a Coder template for this route or in [coder]"
-            )
+                "coder", "no template configured: set a Coder template for this route or in "
+                "[coder]", public="coder-bridge has no Coder template configured for this "
+                "issue; its operators must set one")
         if may_exist:
             existing = await self._find_by_name(spec.name)
             if existing is not None:
@@ -83,12 +84,9 @@ class TasksBackend:
         except Conflict:
             existing = await self._find_by_name(spec.name)
             if existing is None:
-                raise Conflict(
-                    "coder",
-                    f'a workspace named "{spec.name}" already exists on Coder but is not a task; '
-                    "delete or rename it and try again",
-                    status=409,
-                ) from None
+                words = (f'a workspace named "{spec.name}" already exists on Coder but is not '
+                         "a task; delete or rename it and try again")
+                raise Conflict("coder", words, status=409, public=words) from None
             return existing
         return self._created(task)
 

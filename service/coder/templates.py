@@ -46,12 +46,9 @@ async def fetch_template(client: CoderClient, organization: str, name: str) -> T
     try:
         body = await client.request("GET", path)
     except NotFound:
-        raise NotFound(
-            "coder",
-            f'template "{name}" was not found in Coder organization "{org}", '
-            "or your Coder account cannot use it",
-            status=404,
-        ) from None
+        words = (f'template "{name}" was not found in Coder organization "{org}", '
+                 "or your Coder account cannot use it")
+        raise NotFound("coder", words, status=404, public=words) from None
     ident = body.get("id") if isinstance(body, dict) else None
     version = body.get("active_version_id") if isinstance(body, dict) else None
     if not isinstance(ident, str) or not ident or not isinstance(version, str) or not version:
@@ -82,11 +79,9 @@ def choose_preset(presets: list[dict[str, Any]], wanted: str, *, template: str) 
                 return str(preset["ID"])
         names = [str(p["Name"]) for p in presets if isinstance(p.get("Name"), str)]
         available = ", ".join(f'"{n}"' for n in names) if names else "none"
-        raise PermanentError(
-            "coder",
-            f'preset "{wanted}" does not exist for template "{template}"; '
-            f"available presets: {available}",
-        )
+        words = (f'preset "{wanted}" does not exist for template "{template}"; '
+                 f"available presets: {available}")
+        raise PermanentError("coder", words, public=words)
     for preset in presets:
         if preset.get("Default") is True and isinstance(preset.get("ID"), str):
             return str(preset["ID"])

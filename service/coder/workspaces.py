@@ -185,7 +185,8 @@ class WorkspaceCreator:
                 return workspace
             _raise_if_finished_badly(workspace)
             if self._clock() >= deadline:
-                raise PermanentError("coder", _timeout_message(workspace, self._build_timeout))
+                words = _timeout_message(workspace, self._build_timeout)
+                raise PermanentError("coder", words, public=words)
             await self._sleep(self._poll_interval)
             workspace = await self._poll(workspace)
 
@@ -235,17 +236,17 @@ def parse_workspace(body: Any) -> Workspace:
 def _raise_if_finished_badly(workspace: Workspace) -> None:
     if workspace.status in FAILED_STATUSES:
         verb = "failed to build" if workspace.status == "failed" else "had its build canceled"
+        # The build's error is a build log line: the log gets it, the issue does not.
         reason = f": {workspace.job_error}" if workspace.job_error else ""
+        public = f'the Coder workspace "{workspace.name}" for this chat {verb}; no chat was started'
         raise PermanentError(
             "coder",
             f'the Coder workspace "{workspace.name}" for this chat {verb}{reason}; '
-            "no chat was started",
+            "no chat was started", public=public,
         )
     if workspace.status in GONE_STATUSES:
-        raise PermanentError(
-            "coder",
-            f'the Coder workspace "{workspace.name}" is being deleted; no chat was started',
-        )
+        words = f'the Coder workspace "{workspace.name}" is being deleted; no chat was started'
+        raise PermanentError("coder", words, public=words)
 
 
 def _timeout_message(workspace: Workspace, timeout: float) -> str:
@@ -262,11 +263,10 @@ def _timeout_message(workspace: Workspace, timeout: float) -> str:
 
 def _refused(exc: PermanentError, name: str) -> PermanentError:
     """A refused workspace create, in words (Coder's own message kept)."""
-    return PermanentError(
-        "coder",
-        f'Coder could not create the workspace "{name}" for this chat: {exc.message}',
-        status=exc.status,
-    )
+    public = f'Coder could not create the workspace "{name}" for this chat'
+    return PermanentError("coder", f"{public}: {exc.message}", status=exc.status,
+                          public=f"{public}: {exc.server_message}" if exc.server_message
+                          and exc.status in (400, 403, 409) else public)
 
 
 def _str(body: Any, key: str) -> str:

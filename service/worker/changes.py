@@ -16,7 +16,6 @@ from service.logging import get_logger
 from service.store.base import Job
 from service.worker.context import WorkerContext, trigger_of
 from service.worker.results import Done, Failed, JobResult
-from service.worker.trigger import plain_error
 
 log = get_logger("service.worker")
 
@@ -52,14 +51,15 @@ class ChangeRunner:
             retry = self.ctx.retry_later(job.attempts, exc)
             if retry is not None:
                 return retry
-            await self._tell(event, f"The agent could not be stopped: {plain_error(exc)}. "
-                             "Stop it in Coder, or comment "
+            await self._tell(event, "The agent could not be stopped: "
+                             f"{self.ctx.public_reason(exc)} Stop it in Coder, or comment "
                              f"`{self.ctx.config.delegation.command} stop` to try again.")
             return Failed(str(exc), "gave_up")
         except PermanentError as exc:
             if exc.service != "coder":
                 raise
-            await self._tell(event, f"The agent could not be stopped: {plain_error(exc)}.")
+            await self._tell(event, "The agent could not be stopped: "
+                             f"{self.ctx.public_reason(exc)}")
             return Failed(str(exc), "failed")
         return Done(f"stopped_{event.change}")
 

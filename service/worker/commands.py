@@ -35,7 +35,7 @@ from service.worker.context import (
 )
 from service.worker.followups import send_held
 from service.worker.results import Done, Failed, Finish, JobResult
-from service.worker.trigger import Starter, plain_error
+from service.worker.trigger import Starter
 
 log = get_logger("service.worker")
 
@@ -63,14 +63,14 @@ class CommandRunner:
                 return retry
             metrics.COMMANDS.labels(command.name, "failed").inc()
             await self._reply(event, "Your command could not be carried out: "
-                              f"{plain_error(exc)}. Try again later.")
+                              f"{self.ctx.public_reason(exc)} Try again later.")
             return Failed(str(exc), "gave_up")
         except PermanentError as exc:
             metrics.COMMANDS.labels(command.name, "failed").inc()
             log.warning("command_failed", error=str(exc), service=exc.service)
             if exc.service == "coder":
-                await self._reply(event, f"Your command could not be carried out: "
-                                  f"{plain_error(exc)}.")
+                await self._reply(event, "Your command could not be carried out: "
+                                  f"{self.ctx.public_reason(exc)}")
             return Failed(str(exc), "failed")
         metrics.COMMANDS.labels(command.name, outcome).inc()
         log.info("command_handled", command=command.name, outcome=outcome)

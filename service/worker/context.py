@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -47,6 +48,7 @@ FOLLOW_WHILE_ACTIVE = 1e18
 #: How long a finished turn stays followed, for a pull request link Coder learns late.
 DONE_GRACE_SECONDS = 600.0
 MARKER_PURPOSE = "comment-markers"
+SERVICE_NAMES = {"coder": "Coder", "github": "GitHub", "linear": "Linear"}
 
 SHOWN_STATES: frozenset[str] = frozenset(comments.SHOWN_WORDS)
 STATUS_LABELS: dict[str, str] = {
@@ -118,6 +120,24 @@ class WorkerContext:
         token = self.vault.decrypt(account.key_id, account.ciphertext,
                                    owner=account.coder_user_id)
         return self.coder_backend(token)
+
+    def public_reason(self, exc: RemoteError) -> str:
+        """What a public comment may say about ``exc``: its public words when it has
+        them, else a category and a reference that the log line with the details carries
+        (never Coder's ``detail``, a build log, a host or a URL)."""
+        if exc.public:
+            return exc.public.rstrip(".") + "."
+        reference = uuid.uuid4().hex[:10]
+        log.warning("failure_reference", reference=reference, service=exc.service,
+                    status=exc.status, error=str(exc))
+        service = SERVICE_NAMES.get(exc.service, exc.service)
+        if isinstance(exc, TransientError):
+            what = f"{service} did not answer properly"
+        elif exc.status is not None:
+            what = f"{service} refused the request (HTTP {exc.status})"
+        else:
+            what = f"{service} gave an answer coder-bridge could not use"
+        return f"{what}. Its operators find the details in coder-bridge's log under {reference}."
 
     def retry_later(self, attempt: int, exc: TransientError) -> RetryLater | None:
         """When to run a job again after ``exc``; None once the attempts are used up."""

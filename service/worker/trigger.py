@@ -175,7 +175,7 @@ class Starter:
             await self._token_rejected(event, shown, account, candidate, exc)
         except PermanentError as exc:
             log.warning("task_create_refused", error=str(exc))
-            await self._fail(event, shown, exc.message)
+            await self._fail(event, shown, self.ctx.public_reason(exc))
         d = shown
         await self.ctx.store.mark_token_used(account.id, now=self.ctx.clock())
         d = replace(d, task_kind=work.kind, task_id=work.id, task_name=spec.name,
@@ -257,16 +257,10 @@ class Starter:
         if d is None:
             return Failed(str(exc), "gave_up")
         body = comments.render_gave_up_comment(marker=self.ctx.marker(d), attempts=job.attempts,
-                                               reason=plain_error(exc))
+                                               reason=self.ctx.public_reason(exc))
         try:
             await self.ctx.post(event, d, body, state="gave_up")
         except RemoteError as comment_exc:
             log.error("gave_up_comment_failed", error=str(comment_exc))
         return Failed(str(exc), "gave_up")
 
-
-def plain_error(exc: RemoteError) -> str:
-    """``Coder: <message>``: the service and its short message, fit for a comment."""
-    service = {"coder": "Coder", "github": "GitHub", "linear": "Linear"}.get(exc.service,
-                                                                              exc.service)
-    return f"{service}: {exc.message}"

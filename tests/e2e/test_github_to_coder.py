@@ -327,3 +327,33 @@ def test_sigterm_during_a_burst_loses_nothing(tmp_path: Path) -> None:
                      == 1, what=f"the comment on issue {number}")
         names = {task["name"] for task in bridge.coder.tasks}
         assert len(names) == len(issues)
+
+
+def test_nothing_from_inside_coder_reaches_the_issue_verbatim(tmp_path: Path) -> None:
+    """A Coder error's ``detail`` and a failed build's log may carry hosts and secrets:
+    the issue gets a category and a reference, the log the details under it."""
+    leak = "postgres://coder:hunter2@db.internal:5432/coder AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI"
+    with running_bridge(tmp_path) as bridge:
+        bridge.link_author()
+        bridge.coder.fail_next("create_task", 400, {"message": "Internal validation failed.",
+                                                    "detail": leak})
+        bridge.deliver()
+        comment = bridge.wait_for_comment("could not start an agent")
+        body = comment["body"]
+        assert "hunter2" not in body and "db.internal" not in body and "wJalr" not in body
+        assert "Internal validation failed" not in body  # not a refusal known to be safe
+        reference = re.search(r"coder-bridge's log under ([0-9a-f]{10})", body)
+        assert reference, body
+        assert "Coder refused the request (HTTP 400)" in body
+        logged = [line for line in bridge.logs().splitlines() if reference.group(1) in line]
+        assert logged and "db.internal" in logged[0]
+
+    (tmp_path / "chats").mkdir()
+    with running_bridge(tmp_path / "chats", coder_mode="chats") as bridge:
+        bridge.link_author()
+        bridge.coder.configure_workspaces(auto_advance_after=1, final_status="failed",
+                                          build_error=f"terraform apply: {leak}")
+        bridge.deliver()
+        comment = bridge.wait_for_comment("failed to build")
+        assert "hunter2" not in comment["body"] and "terraform" not in comment["body"]
+        assert "for this chat failed to build; no chat was started" in comment["body"]

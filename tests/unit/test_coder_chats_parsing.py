@@ -19,8 +19,8 @@ from service.coder.chats import (
     create_body,
     delegation_label_value,
     delegation_labels,
-    describe_failed_chat,
     explain_create_failure,
+    failed_chat_error,
     parse_chat,
     parse_chat_error,
 )
@@ -224,14 +224,31 @@ def test_a_chat_failed_at_once_names_reason_hint_and_link() -> None:
     failed = Chat(
         id="c1",
         status="error",
-        last_error=ChatError("Budget exhausted", kind="usage_limit", detail="$10"),
+        last_error=ChatError("Budget exhausted", kind="usage_limit",
+                             detail="postgres://coder:hunter2@db.internal/coder"),
     )
-    text = describe_failed_chat(failed, "https://coder.example.com/agents/c1")
-    assert text.startswith("Coder started the chat but it failed at once: Budget exhausted ($10).")
-    assert "usage budget is used up" in text
-    assert text.endswith("See https://coder.example.com/agents/c1")
-    silent = describe_failed_chat(Chat(id="c1", status="error"), "u")
-    assert "Coder gave no reason" in silent
+    error = failed_chat_error(failed, "https://coder.example.com/agents/c1")
+    assert error.public.startswith("Coder started the chat but it failed at once: "
+                                   "Budget exhausted.")
+    assert "usage budget is used up" in error.public
+    assert error.public.endswith("See https://coder.example.com/agents/c1")
+    assert "hunter2" not in error.public  # Coder's detail stays out of the issue ...
+    assert "db.internal" in error.message  # ... and goes to the log
+    silent = failed_chat_error(Chat(id="c1", status="error"), "u")
+    assert "Coder gave no reason" in silent.public
+
+
+def test_only_coders_short_message_of_a_known_refusal_is_public() -> None:
+    refused = PermanentError("coder", "You are not a member of the organization. detail: "
+                             "internal host 10.1.2.3", status=403,
+                             server_message="You are not a member of the organization.")
+    explained = explain_create_failure(refused)
+    assert explained.public.startswith(
+        "Coder did not start the chat: You are not a member of the organization.")
+    assert "10.1.2.3" not in explained.public and "10.1.2.3" in explained.message
+    broken = explain_create_failure(PermanentError("coder", "weird", status=422,
+                                                   server_message="weird"))
+    assert broken.public == ""  # not a refusal Coder is known to send: category only
 
 
 def test_usage_limit_body_in_words() -> None:
