@@ -29,6 +29,7 @@ from service.store.base import Delegation, Job
 from service.worker.context import (
     WorkerContext,
     acting_person,
+    own_words,
     shown_state,
     trigger_of,
     work_of,
@@ -122,13 +123,13 @@ class CommandRunner:
         account = await self.ctx.account_of(d)
         work = work_of(d, account.coder_username if account else "")
         if account is None or work is None or account.token_status != "valid":
-            raise PermanentError("coder", "the Coder token that runs this agent was rejected "
-                                 "or removed; its owner must connect their Coder account again")
+            raise own_words("the Coder token that runs this agent was rejected or removed; "
+                             "its owner must connect their Coder account again")
         try:
             backend = self.ctx.backend_for(account)
         except VaultError:
-            raise PermanentError("coder", "the stored Coder token cannot be decrypted; its "
-                                 "owner must connect their Coder account again") from None
+            raise own_words("the stored Coder token cannot be decrypted; its owner must "
+                             "connect their Coder account again") from None
         now = self.ctx.clock()
         await self.ctx.store.add_followup(d.id, source=event.comment_id, text=text, now=now)
         try:

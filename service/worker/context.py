@@ -58,6 +58,11 @@ STATUS_LABELS: dict[str, str] = {
 STATUS_LABEL_NAMES: frozenset[str] = frozenset(STATUS_LABELS.values())
 
 
+def own_words(text: str) -> PermanentError:
+    """A failure the bridge describes in its own words (safe for a public comment)."""
+    return PermanentError("coder", text, public=text)
+
+
 def shown_state(state: DelegationState, *, first: Shown = "starting") -> Shown:
     """The state a delegation's status comment shows: its own, ``failed`` after giving
     up, and ``first`` while it has none yet (pending, waiting for a link or consent)."""
@@ -198,14 +203,13 @@ class WorkerContext:
         work = work_of(d, account.coder_username if account else "")
         if work is not None:
             if account is None or account.token_status != "valid":
-                raise PermanentError("coder", "the Coder token that runs this agent was "
-                                     "rejected or removed, so the bridge cannot stop it: stop "
-                                     "it in Coder")
+                raise own_words("the Coder token that runs this agent was rejected or removed, "
+                                "so the bridge cannot stop it: stop it in Coder")
             try:
                 await self.backend_for(account).stop(work)
             except VaultError:
-                raise PermanentError("coder", "the stored Coder token cannot be decrypted, so "
-                                     "the bridge cannot stop the agent: stop it in Coder") from None
+                raise own_words("the stored Coder token cannot be decrypted, so the bridge "
+                                "cannot stop the agent: stop it in Coder") from None
             except TokenRejected:
                 await self.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
                 metrics.TOKENS_INVALID.inc()

@@ -38,6 +38,7 @@ from service.core.delegation import (
 from service.core.events import IssueEvent
 from service.core.prompt import issue_reference, render_prompt
 from service.core.status import Progress, Shown
+from service.core.work import ACTIVE_STATES
 from service.errors import PermanentError, RemoteError, TokenRejected, TransientError, VaultError
 from service.logging import get_logger
 from service.store.base import Account, Delegation, Job
@@ -121,16 +122,20 @@ class Starter:
         )
 
     async def _still_active(self, d: Delegation) -> bool:
-        """Ask Coder whether the delegation's work still runs (unknown → it does)."""
+        """Ask Coder whether the delegation's work still runs. When Coder cannot be asked
+        with its owner's token (unlinked since, rejected, undecryptable), what the
+        delegation last showed decides: running work is not replaced (I2)."""
         account = await self.ctx.account_of(d)
-        if account is None or account.token_status != "valid":
-            return False
-        work = work_of(d, account.coder_username)
+        work = work_of(d, account.coder_username if account else "")
         if work is None:
             return False
+        if account is None or account.token_status != "valid":
+            return d.state in ACTIVE_STATES
         try:
             return await self.ctx.backend_for(account).is_active(work)
-        except (TokenRejected, VaultError, PermanentError):
+        except (TokenRejected, VaultError):
+            return d.state in ACTIVE_STATES
+        except PermanentError:
             return False
 
     # -- creating the work -----------------------------------------------------------

@@ -248,7 +248,7 @@ def test_token_never_leaks_to_database_logs_or_comments(tmp_path: Path) -> None:
         bridge.relabel("dddddddd-0000-0000-0000-000000000004")
         bridge.wait_for_comment("rejected the token")
         bridge.say("/agent this reaches nobody: the token is gone")
-        bridge.wait_for_comment("is not running")
+        bridge.wait_for_comment("its owner must connect their Coder account again")
         assert bridge.stop() == 0
 
         secret_part = token.split("-")[1]
@@ -357,3 +357,20 @@ def test_nothing_from_inside_coder_reaches_the_issue_verbatim(tmp_path: Path) ->
         comment = bridge.wait_for_comment("failed to build")
         assert "hunter2" not in comment["body"] and "terraform" not in comment["body"]
         assert "for this chat failed to build; no chat was started" in comment["body"]
+
+
+def test_unlinking_and_relabelling_while_the_task_runs_adds_no_second_comment(
+    tmp_path: Path,
+) -> None:
+    with running_bridge(tmp_path) as bridge:
+        bridge.link_author()
+        bridge.deliver()
+        bridge.wait_for_comment("/tasks/codertocat/")
+        [task] = bridge.coder.tasks
+        bridge.coder.set_task_state(task["id"], status="active", state="working")
+        bridge.wait_for_status("Working")
+        assert bridge.cli("users", "unlink", "--github-id", "21031067").returncode == 0
+        bridge.relabel("eeeeeeee-0000-0000-0000-000000000005")
+        wait_for(lambda: bridge.logs().count("delegation_shown") >= 2, what="the relabel")
+        assert len(bridge.comments()) == 1 and len(bridge.coder.tasks) == 1
+        assert bridge.status().startswith("**Working**")  # I2: it points to the running task
