@@ -90,6 +90,14 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class OAuthClient:
+    """An OAuth application the bridge signs people in with (or connects Coder with)."""
+
+    client_id: str
+    client_secret: Secret
+
+
+@dataclass(frozen=True)
 class CoderConfig:
     """``[coder]``: the Coder deployment and the default template and preset."""
 
@@ -100,6 +108,7 @@ class CoderConfig:
     api: Literal["auto", "tasks", "chats"] = "auto"
     timeout: float = 30.0
     workspace_build_timeout: float = 600.0
+    oauth2: OAuthClient | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,8 @@ class GitHubConfig:
     comments_per_minute: int = 80
     comments_per_hour: int = 500
     status_labels: bool = False
+    web_url: str = "https://github.com"
+    oauth: OAuthClient | None = None
 
     @property
     def content_windows(self) -> tuple[tuple[int, float], ...]:
@@ -131,6 +142,8 @@ class LinearConfig:
     api_url: str = "https://api.linear.app/graphql"
     api_key: Secret | None = None
     trigger_label: str = DEFAULT_TRIGGER_LABEL
+    web_url: str = "https://linear.app"
+    oauth: OAuthClient | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +237,12 @@ class Config:
         return self.coder.template, self.coder.preset
 
 
+def _is_https_or_loopback(url: str) -> bool:
+    """An https URL, or an http one on this machine (development)."""
+    parsed = urlparse(url)
+    return parsed.scheme == "https" or parsed.hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
     """``--config``, else ``$CODER_BRIDGE_CONFIG``, else ``./config.toml`` if present, else None."""
     if cli_path:
@@ -289,6 +308,15 @@ class _Reader:
         routes = self.routes(raw.get("routes", []))
         if None in (server, storage, security, coder, delegation, sync, worker):
             return Config(source=path)
+        assert server is not None and coder is not None
+        oauth_keys = [key for key, client in (
+            ("github.oauth_client_id", github.oauth if github else None),
+            ("linear.oauth_client_id", linear.oauth if linear else None),
+            ("coder.oauth2_client_id", coder.oauth2)) if client is not None]
+        if oauth_keys and not _is_https_or_loopback(server.public_url):
+            self._problem("server.public_url", "must be an https URL when sign-in or Connect "
+                          f"with Coder is configured ({', '.join(oauth_keys)}): the session "
+                          "cookies and OAuth redirects must not travel in the clear")
         assert server and storage and security and coder and delegation and sync and worker
         return Config(server=server, storage=storage, security=security, coder=coder,
                       github=github, linear=linear, delegation=delegation, sync=sync,
@@ -342,7 +370,8 @@ class _Reader:
     def coder(self, raw: dict[str, Any]) -> CoderConfig:
         self._reject_unknown(
             "coder", raw, ("url", "organization", "template", "preset", "api", "timeout",
-                           "workspace_build_timeout"))
+                           "workspace_build_timeout", "oauth2_client_id",
+                           "oauth2_client_secret"))
         if "url" not in raw:
             self._problem("coder.url",
                           "is required (the Coder deployment, e.g. https://coder.example.com)")
@@ -361,13 +390,15 @@ class _Reader:
             timeout=self._float(raw, "coder.timeout", 30.0, minimum=0.1),
             workspace_build_timeout=self._float(raw, "coder.workspace_build_timeout", 600.0,
                                                 minimum=1),
+            oauth2=self._oauth(raw, "coder.oauth2_client_id", "coder.oauth2_client_secret"),
         )
 
     def github(self, raw: dict[str, Any]) -> GitHubConfig:
         self._reject_unknown("github", raw, ("webhook_secret", "api_url", "token", "app_id",
                                              "private_key", "trigger_label",
                                              "comments_per_minute", "comments_per_hour",
-                                             "status_labels"))
+                                             "status_labels", "web_url", "oauth_client_id",
+                                             "oauth_client_secret"))
         secrets = self._secrets(raw, "github.webhook_secret")
         token = self._str(raw, "github.token", "", secret=True)
         app_id = self._int(raw, "github.app_id", 0, minimum=1) if "app_id" in raw else None
@@ -395,11 +426,14 @@ class _Reader:
             comments_per_minute=self._int(raw, "github.comments_per_minute", 80, minimum=0),
             comments_per_hour=self._int(raw, "github.comments_per_hour", 500, minimum=0),
             status_labels=self._bool(raw, "github.status_labels", False),
+            web_url=self._url(raw, "github.web_url", "https://github.com").rstrip("/"),
+            oauth=self._oauth(raw, "github.oauth_client_id", "github.oauth_client_secret"),
         )
 
     def linear(self, raw: dict[str, Any]) -> LinearConfig:
         self._reject_unknown("linear", raw, ("webhook_secret", "api_url", "api_key",
-                                             "trigger_label"))
+                                             "trigger_label", "web_url", "oauth_client_id",
+                                             "oauth_client_secret"))
         secrets = self._secrets(raw, "linear.webhook_secret")
         api_key = self._str(raw, "linear.api_key", "", secret=True)
         if not api_key:
@@ -410,6 +444,8 @@ class _Reader:
             api_key=Secret(api_key) if api_key else None,
             trigger_label=self._str(raw, "linear.trigger_label", DEFAULT_TRIGGER_LABEL,
                                     nonempty=True),
+            web_url=self._url(raw, "linear.web_url", "https://linear.app").rstrip("/"),
+            oauth=self._oauth(raw, "linear.oauth_client_id", "linear.oauth_client_secret"),
         )
 
     def delegation(self, raw: dict[str, Any]) -> DelegationConfig:
@@ -489,6 +525,16 @@ class _Reader:
         return RouteMatch(provider, repository, team)  # type: ignore[arg-type]
 
     # -- values ---------------------------------------------------------------------
+    def _oauth(self, raw: dict[str, Any], id_key: str, secret_key: str) -> OAuthClient | None:
+        """An OAuth client from its id and secret keys: both or neither."""
+        client_id = self._str(raw, id_key, "").strip()
+        secret = self._str(raw, secret_key, "", secret=True)
+        if bool(client_id) != bool(secret):
+            missing = secret_key if client_id else id_key
+            self._problem(missing, f"{id_key} and {secret_key} must be set together")
+            return None
+        return OAuthClient(client_id, Secret(secret)) if client_id else None
+
     def _problem(self, key: str, message: str) -> None:
         self.problems.append(ConfigError(key, message))
 

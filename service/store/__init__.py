@@ -30,6 +30,7 @@ from service.store.base import (
     JobStatus,
     NewDelivery,
     Store,
+    TokenKind,
     TokenStatus,
 )
 
@@ -201,6 +202,8 @@ def account_from_row(row: _Row) -> Account:
         token_status=cast(TokenStatus, row[5]),
         last_used_at=_opt_float(row[6]),
         allow_others=bool(row[7]),
+        token_kind=cast(TokenKind, row[8]),
+        token_expires_at=_opt_float(row[9]),
     )
 
 

@@ -33,10 +33,12 @@ __all__ = [
     "JobStatus",
     "NewDelivery",
     "Store",
+    "TokenKind",
     "TokenStatus",
 ]
 
 TokenStatus = Literal["valid", "invalid"]
+TokenKind = Literal["token", "oauth"]
 JobStatus = Literal["queued", "running", "done", "failed"]
 
 
@@ -83,7 +85,12 @@ class Identity:
 
 @dataclass(frozen=True)
 class Account:
-    """A linked Coder user with its encrypted token (``key_id`` names the vault key)."""
+    """A linked Coder user with its encrypted token (``key_id`` names the vault key).
+
+    ``token_kind`` ``token``: a pasted API token; ``oauth``: issued by Coder's OAuth2
+    provider, the ciphertext then holding the access and refresh tokens
+    (``service.accounts``), valid until ``token_expires_at``.
+    """
 
     id: int
     coder_user_id: str
@@ -93,6 +100,8 @@ class Account:
     token_status: TokenStatus
     last_used_at: float | None
     allow_others: bool = False
+    token_kind: TokenKind = "token"
+    token_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +322,8 @@ class Store(Protocol):
         key_id: str,
         ciphertext: bytes,
         identities: Sequence[Identity],
+        token_kind: TokenKind = "token",
+        token_expires_at: float | None = None,
     ) -> Account:
         """Create or update the account of ``coder_user_id``: replace its token (status
         ``valid``), refresh the username, and attach ``identities`` (an identity
@@ -357,6 +368,15 @@ class Store(Protocol):
     ) -> int:
         """Whether others may delegate this person's issues to their Coder account; the
         account by identity or by username. Returns the accounts changed."""
+        ...
+
+    async def replace_tokens(
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes,
+        expires_at: float | None, now: float,
+    ) -> bool:
+        """Store a refreshed OAuth token pair if the stored one is still exactly
+        ``old_ciphertext`` (the pair it was refreshed from); False if another process
+        refreshed or re-linked it meanwhile."""
         ...
 
     async def replace_ciphertext(

@@ -49,6 +49,7 @@ from service.store.base import (
     Identity,
     Job,
     NewDelivery,
+    TokenKind,
 )
 
 __all__ = ["PostgresStore"]
@@ -479,14 +480,16 @@ class PostgresStore:
         key_id: str,
         ciphertext: bytes,
         identities: Sequence[Identity],
+        token_kind: TokenKind = "token",
+        token_expires_at: float | None = None,
     ) -> Account:
         """See ``SQLiteStore.link_account``: same semantics."""
         wall = time.time()
 
         async def body(conn: Any) -> Any:
             row = await conn.fetchrow(
-                queries.UPSERT_ACCOUNT, coder_user_id, coder_username, key_id, ciphertext, wall
-            )
+                queries.UPSERT_ACCOUNT, coder_user_id, coder_username, key_id, ciphertext, wall,
+                token_kind, token_expires_at)
             links = [(i.provider, i.external_id, i.login, row[0], wall) for i in identities]
             if links:
                 await conn.executemany(queries.UPSERT_IDENTITY, links)
@@ -510,8 +513,8 @@ class PostgresStore:
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
         for row in await self._fetch(queries.LIST_ACCOUNTS):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
-            if row[8] is not None:
-                entry[1].append(identity_from_row(tuple(row)[8:]))
+            if row[queries.ACCOUNT_WIDTH] is not None:
+                entry[1].append(identity_from_row(tuple(row)[queries.ACCOUNT_WIDTH:]))
         return list(grouped.values())
 
     async def unlink(
@@ -549,6 +552,15 @@ class PostgresStore:
                                        allow)
         return await self._execute(queries.SET_ALLOW_OTHERS_BY_IDENTITY, provider, external_id,
                                    allow)
+
+    async def replace_tokens(
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes,
+        expires_at: float | None, now: float,
+    ) -> bool:
+        """See ``Store.replace_tokens`` (a compare-and-swap)."""
+        changed = await self._execute(queries.REPLACE_TOKENS, account_id, old_ciphertext,
+                                      key_id, ciphertext, expires_at, now)
+        return changed == 1
 
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes

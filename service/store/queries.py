@@ -163,17 +163,21 @@ SETTLE_FOLLOWUP = "UPDATE followups SET status = $2, sent_at = $3 WHERE id = $1"
 # -- accounts --------------------------------------------------------------------------
 _ACCOUNT_COLUMNS = """
 a.id, a.coder_user_id, a.coder_username, a.key_id, a.ciphertext, a.token_status, a.last_used_at,
-a.allow_others
+a.allow_others, a.token_kind, a.token_expires_at
 """
+#: The number of account columns (identity columns follow them in LIST_ACCOUNTS).
+ACCOUNT_WIDTH = 10
 UPSERT_ACCOUNT = """
 INSERT INTO accounts
-    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at)
-VALUES ($1, $2, $3, $4, 'valid', $5, $5)
+    (coder_user_id, coder_username, key_id, ciphertext, token_status, created_at, updated_at,
+     token_kind, token_expires_at)
+VALUES ($1, $2, $3, $4, 'valid', $5, $5, $6, $7)
 ON CONFLICT (coder_user_id) DO UPDATE
 SET coder_username = excluded.coder_username, key_id = excluded.key_id,
-    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at
+    ciphertext = excluded.ciphertext, token_status = 'valid', updated_at = excluded.updated_at,
+    token_kind = excluded.token_kind, token_expires_at = excluded.token_expires_at
 RETURNING id, coder_user_id, coder_username, key_id, ciphertext, token_status, last_used_at,
-    allow_others
+    allow_others, token_kind, token_expires_at
 """
 UPSERT_IDENTITY = """
 INSERT INTO identities (provider, external_id, login, account_id, linked_at)
@@ -217,6 +221,12 @@ UPDATE accounts SET allow_others = $3
 WHERE id = (SELECT account_id FROM identities WHERE provider = $1 AND external_id = $2)
 """
 SET_ALLOW_OTHERS_BY_USERNAME = "UPDATE accounts SET allow_others = $2 WHERE coder_username = $1"
+# A refreshed OAuth token pair replaces the one it was refreshed from ($2), only.
+REPLACE_TOKENS = """
+UPDATE accounts SET key_id = $3, ciphertext = $4, token_expires_at = $5, token_status = 'valid',
+    updated_at = $6
+WHERE id = $1 AND ciphertext = $2
+"""
 REPLACE_CIPHERTEXT = """
 UPDATE accounts SET key_id = $3, ciphertext = $4, updated_at = $5
 WHERE id = $1 AND ciphertext = $2

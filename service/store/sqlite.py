@@ -61,8 +61,9 @@ from service.store.base import (
     Identity,
     Job,
     NewDelivery,
+    TokenKind,
 )
-from service.store.queries import for_sqlite
+from service.store.queries import ACCOUNT_WIDTH, for_sqlite
 
 __all__ = ["ACCEPT_CHUNK", "SQLiteStore", "split_statements"]
 
@@ -591,6 +592,8 @@ class SQLiteStore:
         key_id: str,
         ciphertext: bytes,
         identities: Sequence[Identity],
+        token_kind: TokenKind = "token",
+        token_expires_at: float | None = None,
     ) -> Account:
         """Create or update the account of ``coder_user_id`` (token replaced, status
         ``valid``, username refreshed) and attach ``identities``.
@@ -601,7 +604,8 @@ class SQLiteStore:
         wall = time.time()
 
         async def body(conn: aiosqlite.Connection) -> _Row:
-            params = (coder_user_id, coder_username, key_id, ciphertext, wall)
+            params = (coder_user_id, coder_username, key_id, ciphertext, wall, token_kind,
+                      token_expires_at)
             row = next(iter(await conn.execute_fetchall(_Q["UPSERT_ACCOUNT"], params)))
             links = [(i.provider, i.external_id, i.login, row[0], wall) for i in identities]
             await conn.executemany(_Q["UPSERT_IDENTITY"], links)
@@ -625,8 +629,8 @@ class SQLiteStore:
         grouped: dict[int, tuple[Account, list[Identity]]] = {}
         for row in await self._fetchall(_Q["LIST_ACCOUNTS"]):
             entry = grouped.setdefault(int(row[0]), (account_from_row(row), []))
-            if row[8] is not None:
-                entry[1].append(identity_from_row(row[8:]))
+            if row[ACCOUNT_WIDTH] is not None:
+                entry[1].append(identity_from_row(row[ACCOUNT_WIDTH:]))
         return list(grouped.values())
 
     async def unlink(
@@ -691,6 +695,14 @@ class SQLiteStore:
                                         (coder_username, int(allow)))
         return await self._rowcount(_Q["SET_ALLOW_OTHERS_BY_IDENTITY"],
                                     (provider, external_id, int(allow)))
+
+    async def replace_tokens(
+        self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes,
+        expires_at: float | None, now: float,
+    ) -> bool:
+        """See ``Store.replace_tokens`` (a compare-and-swap)."""
+        params = (account_id, old_ciphertext, key_id, ciphertext, expires_at, now)
+        return await self._rowcount(_Q["REPLACE_TOKENS"], params) == 1
 
     async def replace_ciphertext(
         self, account_id: int, *, old_ciphertext: bytes, key_id: str, ciphertext: bytes

@@ -87,13 +87,13 @@ class CheckRunner:
             await self._cannot_follow(trigger, d)
             return Done("token_invalid")
         try:
-            backend = self.ctx.backend_for(account)
+            backend = await self.ctx.backend_for(account)
             snapshot = await backend.snapshot(work)
         except VaultError:
             return Done("token_undecryptable")
         except TokenRejected:
-            await store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
-            metrics.TOKENS_INVALID.inc()
+            if await self.ctx.rejected(account):
+                return Done("token_renewed")  # the next round looks again
             metrics.STATUS_CHECKS.labels("token_rejected").inc()
             await self._cannot_follow(trigger, d)
             return Done("token_rejected")

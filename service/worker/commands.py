@@ -126,17 +126,20 @@ class CommandRunner:
             raise own_words("the Coder token that runs this agent was rejected or removed; "
                              "its owner must connect their Coder account again")
         try:
-            backend = self.ctx.backend_for(account)
+            backend = await self.ctx.backend_for(account)
         except VaultError:
             raise own_words("the stored Coder token cannot be decrypted; its owner must "
                              "connect their Coder account again") from None
+        except TokenRejected:
+            raise own_words("the Coder connection that runs this agent has expired; its "
+                            "owner must connect their Coder account again") from None
         now = self.ctx.clock()
         await self.ctx.store.add_followup(d.id, source=event.comment_id, text=text, now=now)
         try:
             result = await send_held(self.ctx.store, backend, work, delegation_id=d.id, now=now)
-        except TokenRejected:
-            await self.ctx.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
-            metrics.TOKENS_INVALID.inc()
+        except TokenRejected as exc:
+            if await self.ctx.rejected(account):
+                raise TransientError("coder", "the Coder connection was renewed") from exc
             raise
         await self.ctx.trackers[event.tracker].react(event, event.comment_id)
         if result.gone:

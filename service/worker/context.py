@@ -23,6 +23,7 @@ from typing import Literal
 import msgspec
 
 from service import metrics
+from service.accounts import CoderTokens
 from service.coder.base import CoderBackend, CreatedWork
 from service.config import Config
 from service.core import comments
@@ -103,10 +104,13 @@ class WorkerContext:
     trackers: Mapping[str, IssueTracker]
     clock: Callable[[], float] = time.time
     jitter: Callable[[], float] = random.random
+    tokens: CoderTokens = None  # type: ignore[assignment]  # set in __post_init__ if None
     marker_key: bytes = field(init=False, repr=False)
     link_help: comments.LinkHelp = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = CoderTokens(self.store, self.vault, None, clock=self.clock)
         self.marker_key = self.vault.derive(MARKER_PURPOSE)
         self.link_help = comments.LinkHelp(self.config.server.public_url,
                                            self.config.coder.url)
@@ -119,12 +123,25 @@ class WorkerContext:
     async def account_of(self, d: Delegation) -> Account | None:
         return await self.store.get_account(d.account_id) if d.account_id is not None else None
 
-    def backend_for(self, account: Account) -> CoderBackend:
+    async def backend_for(self, account: Account) -> CoderBackend:
         """The Coder backend acting with ``account``'s token (``VaultError`` when no
-        configured key opens it)."""
-        token = self.vault.decrypt(account.key_id, account.ciphertext,
-                                   owner=account.coder_user_id)
-        return self.coder_backend(token)
+        configured key opens it; an OAuth token about to expire is refreshed first)."""
+        return self.coder_backend(await self.tokens.token_for(account))
+
+    async def rejected(self, account: Account) -> bool:
+        """Coder answered 401 for ``account``'s token. An OAuth pair is refreshed once:
+        True when that worked (try again); otherwise the token is marked invalid."""
+        if account.token_kind == "oauth":
+            try:
+                await self.tokens.refresh(account)
+                return True
+            except (TokenRejected, VaultError):
+                pass
+            except TransientError:
+                return True  # Coder could not say: try again later, keep the token
+        await self.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
+        metrics.TOKENS_INVALID.inc()
+        return False
 
     def public_reason(self, exc: RemoteError) -> str:
         """What a public comment may say about ``exc``: its public words when it has
@@ -206,13 +223,13 @@ class WorkerContext:
                 raise own_words("the Coder token that runs this agent was rejected or removed, "
                                 "so the bridge cannot stop it: stop it in Coder")
             try:
-                await self.backend_for(account).stop(work)
+                await (await self.backend_for(account)).stop(work)
             except VaultError:
                 raise own_words("the stored Coder token cannot be decrypted, so the bridge "
                                 "cannot stop the agent: stop it in Coder") from None
-            except TokenRejected:
-                await self.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
-                metrics.TOKENS_INVALID.inc()
+            except TokenRejected as exc:
+                if await self.rejected(account):
+                    raise TransientError("coder", "the Coder token was renewed") from exc
                 raise
         for held in await self.store.queued_followups(d.id):
             await self.store.settle_followup(held.id, sent=False, now=self.clock())

@@ -116,15 +116,15 @@ class StatusRounds:
         delay = self.interval
         queued = 0
         try:
-            snapshots = await self.ctx.backend_for(account).list_snapshots(works)
+            backend = await self.ctx.backend_for(account)
+            snapshots = await backend.list_snapshots(works)
         except TokenRejected:
-            await self.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
-            metrics.TOKENS_INVALID.inc()
-            metrics.STATUS_CHECKS.labels("token_rejected").inc()
-            log.warning("status_round_token_rejected", coder_user=account.coder_username)
-            for d in target.delegations:  # each issue is told once, by its check job
-                queued += await self.store.request_check(d, seen="", now=self.clock(),
-                                                         reason="token_rejected")
+            if not await self.ctx.rejected(account):  # an OAuth pair renewed: next round
+                metrics.STATUS_CHECKS.labels("token_rejected").inc()
+                log.warning("status_round_token_rejected", coder_user=account.coder_username)
+                for d in target.delegations:  # each issue is told once, by its check job
+                    queued += await self.store.request_check(d, seen="", now=self.clock(),
+                                                             reason="token_rejected")
         except VaultError:
             metrics.STATUS_CHECKS.labels("token_undecryptable").inc()
             delay = MAX_BACKOFF_SECONDS

@@ -132,7 +132,7 @@ class Starter:
         if account is None or account.token_status != "valid":
             return d.state in ACTIVE_STATES
         try:
-            return await self.ctx.backend_for(account).is_active(work)
+            return await (await self.ctx.backend_for(account)).is_active(work)
         except (TokenRejected, VaultError):
             return d.state in ACTIVE_STATES
         except PermanentError:
@@ -147,12 +147,14 @@ class Starter:
                                            allow_others=account.allow_others):
             await self._ask_consent(event, d)
         try:
-            backend = self.ctx.backend_for(account)
+            backend = await self.ctx.backend_for(account)
         except VaultError as exc:
             log.error("token_undecryptable", error=str(exc), coder_user=account.coder_username)
             await self._fail(event, d, "the stored Coder token cannot be decrypted (the "
                              "encryption key that protects it is not configured); the "
                              "account must be linked again")
+        except TokenRejected as exc:  # an OAuth connection that could not be renewed
+            await self._token_rejected(event, d, account, candidate, exc)
         key = delegation_key(d.issue_key, d.generation)
         template, preset = self.ctx.config.route_for(event.tracker, event.scope)
         spec = WorkSpec(
@@ -232,8 +234,8 @@ class Starter:
 
     async def _token_rejected(self, event: IssueEvent, d: Delegation, account: Account,
                               candidate: Candidate, exc: TokenRejected) -> NoReturn:
-        await self.ctx.store.mark_token_invalid(account.id, ciphertext=account.ciphertext)
-        metrics.TOKENS_INVALID.inc()
+        if await self.ctx.rejected(account):
+            raise TransientError("coder", "the Coder connection was renewed; trying again")
         log.warning("token_rejected", coder_user=account.coder_username, error=str(exc))
         body = comments.render_token_rejected_comment(
             event, marker=self.ctx.marker(d), person=candidate.person, help=self.ctx.link_help)

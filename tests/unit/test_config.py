@@ -209,3 +209,50 @@ url = "https://coder.example.com"
 acting_user = ["author", "labeler"]
 """)
     assert load_config(path, {}).delegation.acting_user == ("author", "labeler")
+
+
+def test_sync_and_command_keys_and_their_bounds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + """
+[delegation]
+command = "/bot"
+[sync]
+interval = 0
+stop_on_unlabel = false
+max_runtime = 3600
+"""), {})
+    assert config.delegation.command == "/bot"
+    assert (config.sync.enabled, config.sync.stop_on_unlabel, config.sync.stop_on_close,
+            config.sync.max_runtime) == (False, False, True, 3600.0)
+    assert load_config(write(tmp_path, MINIMAL), {}).sync.interval == 15.0
+    found = problems(tmp_path, MINIMAL + """
+[delegation]
+command = "/agent please"
+[sync]
+interval = 0.5
+stop_on_close = "maybe"
+""")
+    assert set(found) == {"delegation.command", "sync.interval", "sync.stop_on_close"}
+
+
+def test_oauth_clients_need_both_halves_and_an_https_public_url(tmp_path: Path) -> None:
+    github = """
+[github]
+webhook_secret = "s"
+token = "t"
+oauth_client_id = "Iv1.abc"
+"""
+    assert problems(tmp_path, MINIMAL + github) == {
+        "github.oauth_client_secret":
+            "github.oauth_client_id and github.oauth_client_secret must be set together"}
+    both = MINIMAL.replace("[coder]", '[server]\npublic_url = "http://bridge.example.com"\n'
+                                      "[coder]") + github + 'oauth_client_secret = "x"\n'
+    assert "must be an https URL" in problems(tmp_path, both)["server.public_url"]
+    secure = load_config(write(tmp_path, both.replace("http://bridge", "https://bridge")), {})
+    assert secure.github is not None and secure.github.oauth is not None
+    assert secure.github.oauth.client_id == "Iv1.abc"
+    assert secure.github.web_url == "https://github.com"
+    assert "x" not in repr(secure.github.oauth)
+    local = load_config(write(tmp_path, MINIMAL.replace('template = "tasks-docker"',
+                                                        'oauth2_client_id = "c"\n'
+                                                        'oauth2_client_secret = "s"')), {})
+    assert local.coder.oauth2 is not None  # http on 127.0.0.1 is fine for development
