@@ -22,13 +22,13 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from service.coder.base import CoderUser
 from service.core.events import IssueEvent
 from service.errors import TokenRejected, VaultError
 from service.logging import get_logger
+from service.oauth import OAuthTokens
 from service.store.base import Account, Identity, Store
 from service.vault import Vault
 
@@ -36,15 +36,6 @@ log = get_logger("service.accounts")
 
 #: An OAuth access token is refreshed when it has less than this left.
 REFRESH_MARGIN_SECONDS = 600.0
-
-
-@dataclass(frozen=True)
-class OAuthTokens:
-    """A token pair from Coder's OAuth2 provider; ``expires_at`` in UNIX seconds."""
-
-    access_token: str
-    refresh_token: str
-    expires_at: float | None
 
 
 class TokenRefresher(Protocol):

@@ -20,7 +20,9 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from service.accounts import CoderTokens
 from service.coder.detect import ApiDetector, backend_factory
+from service.coder.oauth2 import CoderOAuth
 from service.config import Config
 from service.core.events import Decision
 from service.errors import ConfigError, InvalidConfig
@@ -32,12 +34,16 @@ from service.trackers.base import IssueTracker
 from service.trackers.github import webhook as github_webhook
 from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
 from service.trackers.github.app_auth import AppAuth
+from service.trackers.github.oauth import GitHubSignIn
 from service.trackers.github.ratelimit import ContentRateLimiter
 from service.trackers.linear import webhook as linear_webhook
 from service.trackers.linear.api import LinearClient
+from service.trackers.linear.oauth import LinearSignIn
 from service.vault import Vault
+from service.web.connect import ConnectPage, SignIn
 from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
+from service.web.sessions import Sessions
 from service.web.webhooks import Intake, WebhookEndpoint
 from service.worker.context import WorkerContext
 from service.worker.delegator import Delegator
@@ -46,6 +52,7 @@ from service.worker.loop import Worker
 Role = Literal["all", "web", "worker"]
 DEV_KEY_FILE = Path("data") / "dev-encryption.key"
 SHUTDOWN_GRACE_SECONDS = 20.0
+SESSION_PURPOSE = "connect-sessions"
 #: The longest a job waits for room under GitHub's content limits (80 a minute, 500 an
 #: hour) before it is deferred instead: its worker slot goes to the next job (other
 #: issues' tasks, Linear), and it runs again when there is room, its attempt uncounted.
@@ -154,6 +161,7 @@ class Services:
     committer: GroupCommitter | None = None
     worker: Worker | None = None
     intakes: dict[str, Intake | None] = field(default_factory=dict)
+    connect: ConnectPage | None = None
     clock: Callable[[], float] = time.time
 
     async def start(self) -> None:
@@ -203,16 +211,50 @@ async def build_services(
         raise
 
 
+def build_coder_oauth(config: Config, http: httpx.AsyncClient) -> CoderOAuth | None:
+    """"Connect with Coder" (Coder's OAuth2 provider), when ``coder.oauth2_client_id`` is
+    set; also what refreshes the tokens it issued."""
+    client = config.coder.oauth2
+    if client is None:
+        return None
+    return CoderOAuth(config.coder.url, client.client_id, client.client_secret.reveal(),
+                      redirect_uri=f"{config.server.public_url}/connect/coder/callback",
+                      http=http, timeout=config.coder.timeout)
+
+
+def build_sign_in(config: Config, http: httpx.AsyncClient) -> dict[str, SignIn]:
+    """The /connect page's sign-in providers: those with an OAuth client configured."""
+    providers: dict[str, SignIn] = {}
+    public = config.server.public_url
+    if config.github is not None and config.github.oauth is not None:
+        github = config.github
+        assert github.oauth is not None
+        providers["github"] = GitHubSignIn(
+            web_url=github.web_url, api_url=github.api_url, client_id=github.oauth.client_id,
+            client_secret=github.oauth.client_secret.reveal(),
+            redirect_uri=f"{public}/connect/github/callback", http=http)
+    if config.linear is not None and config.linear.oauth is not None:
+        linear = config.linear
+        assert linear.oauth is not None
+        providers["linear"] = LinearSignIn(
+            web_url=linear.web_url, api_url=linear.api_url, client_id=linear.oauth.client_id,
+            client_secret=linear.oauth.client_secret.reveal(),
+            redirect_uri=f"{public}/connect/linear/callback", http=http)
+    return providers
+
+
 def _wire(services: Services, trackers: dict[str, IssueTracker] | None) -> Services:
     """Give ``services`` the worker and web halves its role asks for."""
     config, store, clock, http, role = (services.config, services.store, services.clock,
                                         services.http, services.role)
+    coder_oauth = build_coder_oauth(config, http)
+    tokens = CoderTokens(store, services.vault, coder_oauth, clock=clock)
     if role in ("all", "worker"):
         delegator = Delegator(WorkerContext(
             config=config, store=store, vault=services.vault,
             coder_backend=backend_factory(config.coder, http, ApiDetector()),
             trackers=trackers if trackers is not None else build_trackers(config, http),
-            clock=clock,
+            clock=clock, tokens=tokens,
         ))
         services.worker = Worker(store=store, delegator=delegator, config=config.worker,
                                  clock=clock)
@@ -220,6 +262,13 @@ def _wire(services: Services, trackers: dict[str, IssueTracker] | None) -> Servi
         on_commit = services.worker.wake if services.worker is not None else None
         services.committer = GroupCommitter(store, on_commit=on_commit)
         services.intakes = build_intakes(config, clock)
+        services.connect = ConnectPage(
+            config=config, store=store, vault=services.vault, http=http,
+            sessions=Sessions(services.vault.derive(SESSION_PURPOSE),
+                              secure=config.server.public_url.startswith("https://"),
+                              clock=clock),
+            tokens=tokens, sign_in=build_sign_in(config, http), coder_oauth=coder_oauth,
+            clock=clock)
     return services
 
 
@@ -239,6 +288,8 @@ def create_app(services: Services) -> Starlette:
         Route("/metrics", MetricsEndpoint(services.store, services.clock).handle,
               methods=["GET"]),
     ]
+    if services.connect is not None:
+        routes += services.connect.routes()
     if services.committer is not None:
         webhooks = WebhookEndpoint(services.intakes, services.committer,
                                    max_body_bytes=config.server.max_body_bytes,

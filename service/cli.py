@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 import uvicorn
 
+from service.accounts import access_token, connect
 from service.coder.client import CoderClient
 from service.coder.detect import describe
 from service.config import Config, load_config, resolve_config_path
@@ -273,7 +274,7 @@ async def _build_clients(config: Config, build: Callable[[Config, httpx.AsyncCli
 
 
 async def _check_online(config: Config) -> int:
-    from service.app import build_trackers, load_vault
+    from service.app import build_coder_oauth, build_trackers, load_vault
 
     failures = 0
     token, whose = await _linked_token(config, load_vault(config))
@@ -284,6 +285,20 @@ async def _check_online(config: Config) -> int:
         except RemoteError as exc:
             failures += 1
             print(f"coder: FAILED: {exc}")
+        oauth = build_coder_oauth(config, http)
+        if oauth is not None:
+            try:
+                offered = await oauth.offered()
+            except RemoteError as exc:
+                offered = False
+                print(f"coder oauth2: FAILED: {exc}")
+            if offered:
+                print("coder oauth2: the provider answers; Connect with Coder is available")
+            else:
+                failures += 1
+                print("coder oauth2: FAILED: coder.oauth2_client_id is set, but this Coder "
+                      "deployment does not serve its OAuth2 provider (Coder v2.38+ with "
+                      "CODER_OAUTH2_PROVIDER_ENABLE=true)")
         for name, tracker in build_trackers(config, http).items():
             check = getattr(tracker, "check", None)
             if check is None:
@@ -306,9 +321,7 @@ async def _linked_token(config: Config, vault: Vault) -> tuple[str | None, str]:
     try:
         for account, _ in await store.list_accounts():
             if account.token_status == "valid":
-                token = vault.decrypt(account.key_id, account.ciphertext,
-                                      owner=account.coder_user_id)
-                return token, account.coder_username
+                return access_token(vault, account), account.coder_username
     except BridgeError:
         pass
     finally:
@@ -372,11 +385,13 @@ async def _users_link(store: Store, config: Config, args: argparse.Namespace) ->
         except RemoteError as exc:
             raise UserError(f"could not validate the token with Coder at {config.coder.url}: "
                             f"{exc}; nothing was stored") from None
-    key_id, ciphertext = vault.encrypt(token, owner=user.id)
-    await store.link_account(coder_user_id=user.id, coder_username=user.username,
-                             key_id=key_id, ciphertext=ciphertext, identities=identities)
+    _, resumed = await connect(store, vault, user=user, token=token, identities=identities,
+                               now=time.time())
     linked = ", ".join(f"{i.provider} {i.external_id}" for i in identities)
     print(f"linked {linked} to Coder user {user.username}")
+    if resumed:
+        print(f"{resumed} delegation(s) waiting for this account queued again; a running "
+              "bridge continues them")
     return 0
 
 

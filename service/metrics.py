@@ -115,3 +115,24 @@ STOPS = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+SIGN_INS = Counter(
+    "coder_bridge_sign_ins_total",
+    "Sign-ins on /connect by provider (github, linear) and outcome (ok, declined, failed, "
+    "bad_state).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+CODER_CONNECTIONS = Counter(
+    "coder_bridge_coder_connections_total",
+    "Coder connections on /connect by method (token, oauth, test, disconnect) and outcome "
+    "(ok, rejected, failed, rate_limited, declined, bad_state).",
+    ["method", "outcome"],
+    registry=REGISTRY,
+)
+CONNECT_REFUSED = Counter(
+    "coder_bridge_connect_refused_total",
+    "Form posts on /connect refused (csrf: no or a wrong CSRF token; origin: from another "
+    "site).",
+    ["reason"],
+    registry=REGISTRY,
+)

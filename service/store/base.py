@@ -330,6 +330,11 @@ class Store(Protocol):
         linked to another account moves to this one)."""
         ...
 
+    async def add_identity(self, account_id: int, identity: Identity, *, now: float) -> None:
+        """Link one more tracker identity to an existing account (moving it from another
+        account, which is deleted if left without identities); the token is untouched."""
+        ...
+
     async def find_account(self, provider: str, external_id: str) -> Account | None:
         """The account linked to this tracker identity."""
         ...

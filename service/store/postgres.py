@@ -498,6 +498,15 @@ class PostgresStore:
 
         return account_from_row(await self._transaction(body))
 
+    async def add_identity(self, account_id: int, identity: Identity, *, now: float) -> None:
+        """See ``Store.add_identity``."""
+        async def body(conn: Any) -> None:
+            await conn.execute(queries.UPSERT_IDENTITY, identity.provider, identity.external_id,
+                               identity.login, account_id, now)
+            await conn.execute(queries.DELETE_ORPHAN_ACCOUNTS_EXCEPT, account_id)
+
+        await self._transaction(body)
+
     async def find_account(self, provider: str, external_id: str) -> Account | None:
         """The account this tracker identity is linked to, if any."""
         row = await self._fetchrow(queries.FIND_ACCOUNT, provider, external_id)

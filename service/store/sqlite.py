@@ -614,6 +614,15 @@ class SQLiteStore:
 
         return account_from_row(await self._run(body, begin="BEGIN IMMEDIATE"))
 
+    async def add_identity(self, account_id: int, identity: Identity, *, now: float) -> None:
+        """See ``Store.add_identity``."""
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(_Q["UPSERT_IDENTITY"], (identity.provider, identity.external_id,
+                                                       identity.login, account_id, now))
+            await conn.execute(_Q["DELETE_ORPHAN_ACCOUNTS_EXCEPT"], (account_id,))
+
+        await self._run(body, begin="BEGIN IMMEDIATE")
+
     async def find_account(self, provider: str, external_id: str) -> Account | None:
         """The account this tracker identity is linked to, if any."""
         row = await self._fetchone(_Q["FIND_ACCOUNT"], (provider, external_id))

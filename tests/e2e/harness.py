@@ -116,7 +116,7 @@ class Bridge:
 [server]
 host = "127.0.0.1"
 port = {self.port}
-public_url = "https://bridge.example.test"
+public_url = "{s.get("public_url", "https://bridge.example.test").replace("SELF", self.url)}"
 max_body_bytes = {s.get("max_body_bytes", 1048576)}
 
 [storage]
@@ -131,6 +131,7 @@ template = "{s.get("template", "tasks-docker")}"
 preset = "{s.get("preset", "")}"
 api = "{s.get("api", "auto")}"
 timeout = {s.get("coder_timeout", 2.0)}
+{self._oauth_keys("coder", "oauth2_client", None)}
 
 [github]
 webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
@@ -138,11 +139,13 @@ api_url = "{self.github_url}"
 token = "env:GITHUB_TOKEN"
 trigger_label = "bug"
 status_labels = {str(s.get("status_labels", False)).lower()}
+{self._oauth_keys("github", "oauth_client", self.github_url)}
 
 [linear]
 webhook_secret = "env:LINEAR_WEBHOOK_SECRET"
 api_url = "{self.linear_url}/graphql"
 api_key = "env:LINEAR_API_KEY"
+{self._oauth_keys("linear", "oauth_client", self.linear_url)}
 
 [delegation]
 acting_user = {s.get("acting_user", '["author"]')}
@@ -159,6 +162,17 @@ max_attempts = {s.get("max_attempts", 8)}
 lease_seconds = {s.get("lease_seconds", 5)}
 poll_interval = 0.05
 """)
+
+    def _oauth_keys(self, provider: str, prefix: str, web_url: str | None) -> str:
+        """The OAuth client keys of a section, from ``settings[f"{provider}_oauth"]``
+        (client id, secret); ``web_url``: where people sign in (the fake)."""
+        client = self.settings.get(f"{provider}_oauth")
+        if client is None:
+            return ""
+        lines = [f'{prefix}_id = "{client[0]}"', f'{prefix}_secret = "{client[1]}"']
+        if web_url is not None:
+            lines.append(f'web_url = "{web_url}"')
+        return "\n".join(lines)
 
     # -- the process -----------------------------------------------------------------
     def start(self, *args: str) -> None:

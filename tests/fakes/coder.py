@@ -44,7 +44,9 @@ run entirely under it; sleeps (``delay_next``) happen outside it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
 import hmac
 import json
 import re
@@ -53,15 +55,16 @@ import string
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, compile_path
 
 SIGNED_OUT: Final = (
@@ -187,6 +190,16 @@ ROUTES: tuple[FakeRoute, ...] = (
     FakeRoute("GET", "/chats/{chat}/messages", "list_chat_messages", "_list_messages", "chats"),
     FakeRoute("POST", "/chats/{chat}/messages", "send_chat_message", "_send_message", "chats"),
     FakeRoute("POST", "/chats/{chat}/interrupt", "interrupt_chat", "_interrupt_chat", "chats"),
+    FakeRoute("GET", "/.well-known/oauth-authorization-server", "oauth2_discovery",
+              "_oauth2_discovery", "oauth2", auth=False),
+    FakeRoute("GET", "/oauth2/authorize", "oauth2_authorize_page", "_oauth2_page", "oauth2",
+              auth=False),
+    FakeRoute("POST", "/oauth2/authorize", "oauth2_authorize", "_oauth2_approve", "oauth2",
+              auth=False),
+    FakeRoute("POST", "/oauth2/tokens", "oauth2_tokens", "_oauth2_tokens", "oauth2",
+              auth=False),
+    FakeRoute("POST", "/oauth2/revoke", "oauth2_revoke", "_oauth2_revoke", "oauth2",
+              auth=False),
 )
 
 
@@ -334,6 +347,7 @@ class Call:
     body: bytes
     user: FakeUser | None
     base_url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 # --- the fake ----------------------------------------------------------------------------------
@@ -361,6 +375,14 @@ class FakeCoder:
         self._task_inputs: dict[str, list[tuple[str, str]]] = {}
         self._stops: list[tuple[str, str, str]] = []
         self.agent_busy: set[str] = set()
+        #: Coder's OAuth2 provider (reference oauth.md §4): off by default, as on Coder.
+        self.oauth2_enabled = False
+        self.oauth2_token_lifetime = 86400.0
+        self._oauth2_apps: dict[str, tuple[str, list[str]]] = {}
+        self._oauth2_codes: dict[str, dict[str, Any]] = {}
+        self._oauth2_refresh: dict[str, dict[str, Any]] = {}
+        #: Who is signed in to Coder in the browser (the consent page approves as them).
+        self.browser_user = ""
         self._workspaces: dict[str, dict[str, Any]] = {}
         self._workspace_polls: dict[str, int] = {}
         self._workspace_presets: dict[str, str | None] = {}
@@ -383,10 +405,11 @@ class FakeCoder:
     def set_mode(self, mode: str, *, version: str | None = None) -> None:
         """Switch the served API generation (e.g. to simulate an upgrade)."""
         spec = MODES[mode]
+        prefixes = {**spec.prefixes, "oauth2": ("",)}  # answered only while enabled
         table = [
             _Compiled(route, compile_path(prefix + route.path)[0])
             for route in ROUTES
-            for prefix in spec.prefixes.get(route.group, ())
+            for prefix in prefixes.get(route.group, ())
         ]
         with self._lock:
             self.mode = mode
@@ -510,6 +533,22 @@ class FakeCoder:
                     "uri": uri,
                 }
             record["updated_at"] = _now()
+
+    def add_oauth2_app(self, redirect_uri: str) -> tuple[str, str]:
+        """Register an OAuth2 application (and turn the provider on); returns
+        (client id, client secret)."""
+        client_id = str(uuid.uuid4())
+        secret = "coder_" + secrets.token_hex(5) + "_" + secrets.token_hex(20)
+        with self._lock:
+            self._oauth2_apps[client_id] = (secret, [redirect_uri])
+            self.oauth2_enabled = True
+        return client_id, secret
+
+    @property
+    def oauth2_refresh_tokens(self) -> int:
+        """Refresh tokens that are still good."""
+        with self._lock:
+            return len(self._oauth2_refresh)
 
     def task_inputs(self, task: str) -> list[tuple[str, str]]:
         """The follow-ups a task took (``send`` answered 204), as ``(username, input)``."""
@@ -751,6 +790,7 @@ class FakeCoder:
                 body=body,
                 user=user,
                 base_url=str(request.base_url).rstrip("/"),
+                headers=request.headers,
             )
             return handler(call)
 
@@ -819,6 +859,7 @@ class FakeCoder:
         return _json(
             200,
             {
+                "oauth2_provider": self.oauth2_enabled,
                 "external_url": f"https://github.com/coder/coder/commit/{self.version}",
                 "version": self.version,
                 "dashboard_url": call.base_url,
@@ -869,6 +910,140 @@ class FakeCoder:
         if template is None or template.organization_id not in call.user.organization_ids:
             return _error(404, RESOURCE_NOT_FOUND)
         return _json(200, copy.deepcopy(template.presets))
+
+    # --- handlers: the OAuth2 provider (oauth.md section 4) ------------------------------------
+
+    def _oauth2_discovery(self, call: Call) -> Response:
+        if not self.oauth2_enabled:
+            return _error(404, ROUTE_NOT_FOUND)
+        base = call.base_url
+        return _json(200, {
+            "issuer": base, "authorization_endpoint": f"{base}/oauth2/authorize",
+            "token_endpoint": f"{base}/oauth2/tokens",
+            "revocation_endpoint": f"{base}/oauth2/revoke", "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                      "client_secret_post"]})
+
+    def _oauth2_request_problem(self, query: QueryParams) -> Response | None:
+        """What Coder shows (400, no redirect) for an unknown client or callback, or a
+        missing PKCE challenge."""
+        if not self.oauth2_enabled:
+            return _error(404, ROUTE_NOT_FOUND)
+        app = self._oauth2_apps.get(query.get("client_id", ""))
+        if app is None or query.get("redirect_uri", app[1][0]) not in app[1]:
+            return _error(400, "Invalid client or redirect_uri.")
+        if not query.get("code_challenge") or query.get("response_type") != "code":
+            return _error(400, "invalid_request: code_challenge is required")
+        if self._user_by_name(self.browser_user) is None:
+            return HTMLResponse("<h1>Sign in to Coder</h1>", status_code=401)
+        return None
+
+    def _oauth2_page(self, call: Call) -> Response:
+        """Coder's consent page: the signed-in user presses Allow (a form post)."""
+        problem = self._oauth2_request_problem(call.query)
+        if problem is not None:
+            return problem
+        action = "/oauth2/authorize?" + str(call.query)
+        return HTMLResponse(
+            f"<!doctype html><title>Authorize</title><h1>Authorize coder-bridge</h1>"
+            f"<p>coder-bridge wants to act as <strong>{self.browser_user}</strong>.</p>"
+            f'<form method="post" action="{action}"><button type="submit">Allow</button>'
+            "</form>")
+
+    def _oauth2_approve(self, call: Call) -> Response:
+        problem = self._oauth2_request_problem(call.query)
+        if problem is not None:
+            return problem
+        query = call.query
+        code = "coder_" + secrets.token_hex(5) + "_" + secrets.token_hex(20)
+        redirect = query.get("redirect_uri") or self._oauth2_apps[query["client_id"]][1][0]
+        self._oauth2_codes[code] = {"client_id": query["client_id"], "redirect_uri": redirect,
+                                    "challenge": query["code_challenge"],
+                                    "user": self.browser_user,
+                                    "expires": datetime.now(UTC).timestamp() + 600}
+        target = f"{redirect}?code={code}&state={query.get('state', '')}"
+        return Response(status_code=302, headers={"Location": target})
+
+    def _oauth2_client(self, call: Call) -> str | Response:
+        """The client id authenticated by HTTP Basic, or Coder's 401 ``invalid_client``."""
+        header = call.headers.get("authorization", "")
+        try:
+            client_id, _, secret = base64.b64decode(header.partition(" ")[2]).decode()\
+                .partition(":")
+        except ValueError:
+            client_id = secret = ""
+        app = self._oauth2_apps.get(client_id)
+        if app is None or not hmac.compare_digest(app[0], secret):
+            return JSONResponse({"error": "invalid_client",
+                                 "error_description": "The client credentials are invalid"},
+                                status_code=401, headers={"WWW-Authenticate":
+                                                          'Basic realm="coder"'})
+        return client_id
+
+    def _oauth2_tokens(self, call: Call) -> Response:
+        if not self.oauth2_enabled:
+            return _error(404, ROUTE_NOT_FOUND)
+        client = self._oauth2_client(call)
+        if isinstance(client, Response):
+            return client
+        form = {k: v[0] for k, v in parse_qs(call.body.decode()).items()}
+
+        def refuse(error: str, text: str) -> Response:
+            return JSONResponse({"error": error, "error_description": text}, status_code=400)
+
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            grant = self._oauth2_codes.pop(form.get("code", ""), None)
+            if grant is None or grant["client_id"] != client or \
+                    grant["expires"] < datetime.now(UTC).timestamp():
+                return refuse("invalid_grant", "The authorization code is invalid or expired")
+            if form.get("redirect_uri") != grant["redirect_uri"]:
+                return refuse("invalid_grant", "The redirect_uri does not match")
+            digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant["challenge"]:
+                return refuse("invalid_grant", "The PKCE code verifier is invalid")
+            user = grant["user"]
+        elif grant_type == "refresh_token":
+            old = self._oauth2_refresh.pop(form.get("refresh_token", ""), None)
+            if old is None or old["client_id"] != client:
+                return refuse("invalid_grant", "The refresh token is invalid or expired")
+            self._keys.pop(old["key_id"], None)  # the old pair stops working
+            user = old["user"]
+        else:
+            return refuse("unsupported_grant_type", "grant_type is missing or unknown")
+        # One live pair per user per app: the previous one ends.
+        for token, held in list(self._oauth2_refresh.items()):
+            if held["user"] == user and held["client_id"] == client:
+                self._keys.pop(held["key_id"], None)
+                del self._oauth2_refresh[token]
+        access = new_token()
+        key_id, _, key_secret = access.partition("-")
+        expires = datetime.now(UTC).timestamp() + self.oauth2_token_lifetime
+        self._keys[key_id] = FakeKey(id=key_id, secret=key_secret,
+                                     user_id=self._require_user(user).id,
+                                     expires_at=datetime.fromtimestamp(expires, UTC))
+        refresh = "coder_" + secrets.token_hex(5) + "_" + secrets.token_hex(20)
+        self._oauth2_refresh[refresh] = {"client_id": client, "user": user, "key_id": key_id}
+        return _json(200, {"access_token": access, "token_type": "Bearer",
+                           "refresh_token": refresh,
+                           "expires_in": int(self.oauth2_token_lifetime),
+                           "expiry": _stamp(datetime.fromtimestamp(expires, UTC))})
+
+    def _oauth2_revoke(self, call: Call) -> Response:
+        if not self.oauth2_enabled:
+            return _error(404, ROUTE_NOT_FOUND)
+        client = self._oauth2_client(call)
+        if isinstance(client, Response):
+            return client
+        token = parse_qs(call.body.decode()).get("token", [""])[0]
+        held = self._oauth2_refresh.pop(token, None)
+        if held is not None:
+            self._keys.pop(held["key_id"], None)
+        else:
+            self._keys.pop(token.partition("-")[0], None)
+        return Response(status_code=200)
 
     # --- handlers: tasks (reference sections 7 and 8) -------------------------------------------
 

@@ -47,6 +47,12 @@ accessors ``comments``, ``requests`` (method, path; never a token),
 ``revoke_token``; ``allow_editing_others = False`` refuses edits of other people's
 comments with 403.
 
+OAuth web flow (``configure_oauth``): ``/login/oauth/authorize`` approves at once as
+``browser_login`` (or declines, ``oauth_decline``), ``/login/oauth/access_token``
+checks the client, the code (single-use, 10 minutes), ``redirect_uri`` and PKCE, and
+answers errors with HTTP 200 as GitHub does; ``DELETE /applications/{id}/token``
+revokes (``live_oauth_tokens`` counts those not revoked).
+
 Also served: ``GET /user`` (the token's user; 403 for an installation token), comment
 reactions (201 new, 200 already there), issue labels (add: 200 with every label on
 the issue, creating unknown ones; remove: 200 or 404 ``Label does not exist``), and
@@ -63,22 +69,25 @@ installation tokens with ``add_token``. All state is guarded by one
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import math
+import secrets
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -232,6 +241,13 @@ class FakeGitHub:
         #: False: edits of comments written by someone else answer 403, as for a token
         #: without write access or on a locked issue (True: allowed, like write access).
         self.allow_editing_others = True
+        self._oauth_apps: dict[str, str] = {}  # client id → secret
+        self._oauth_codes: dict[str, dict[str, Any]] = {}
+        self._oauth_tokens: set[str] = set()
+        #: Who is signed in to GitHub in the browser (the OAuth flow approves as them).
+        self.browser_login = "Codertocat"
+        #: True: the person presses "Cancel" on GitHub's authorize page.
+        self.oauth_decline = False
         for full_name, number in issues:
             self.add_issue(full_name, number)
         self.app = Starlette(
@@ -277,6 +293,7 @@ class FakeGitHub:
                 methods=["DELETE"],
             ),
             *self._app_routes(),
+            *self._oauth_routes(),
         ]
 
     def _app_routes(self) -> list[Route]:
@@ -305,6 +322,15 @@ class FakeGitHub:
                 self.endpoint("get_app", self._get_app, auth=jwt_auth, counts=False),
                 methods=["GET"],
             ),
+        ]
+
+    def _oauth_routes(self) -> list[Route]:
+        """The OAuth web flow (reference oauth.md §2), on the same host: the fake serves
+        as both ``github.web_url`` and ``github.api_url``."""
+        return [
+            Route("/login/oauth/authorize", self._oauth_authorize, methods=["GET"]),
+            Route("/login/oauth/access_token", self._oauth_token, methods=["POST"]),
+            Route("/applications/{client_id}/token", self._oauth_revoke, methods=["DELETE"]),
         ]
 
     def endpoint(
@@ -502,6 +528,22 @@ class FakeGitHub:
         with self._lock:
             del self._comments[comment_id]
 
+    def configure_oauth(self, client_id: str, client_secret: str) -> None:
+        """Register an OAuth App (or a GitHub App's client) for the web flow."""
+        with self._lock:
+            self._oauth_apps[client_id] = client_secret
+
+    def set_user_id(self, login: str, user_id: int) -> None:
+        """Give ``login`` a fixed numeric id (as GitHub's ``GET /user`` reports it)."""
+        with self._lock:
+            self._user_ids[login] = user_id
+
+    @property
+    def live_oauth_tokens(self) -> int:
+        """Sign-in tokens issued and not revoked."""
+        with self._lock:
+            return len(self._oauth_tokens)
+
     def reactions(self, comment_id: int) -> list[dict[str, Any]]:
         """The reactions on a comment, oldest first (copies)."""
         with self._lock:
@@ -637,6 +679,82 @@ class FakeGitHub:
             comment.data["updated_at"] = self._now_iso()
             data = json.loads(json.dumps(comment.data))
         return JSONResponse(data)
+
+    async def _oauth_authorize(self, request: Request) -> Response:
+        """Approves at once as ``browser_login`` (consented before), or declines."""
+        q = request.query_params
+        redirect = q.get("redirect_uri", "")
+        with self._lock:
+            known = q.get("client_id") in self._oauth_apps
+            self._log(request)
+        if not known or not redirect:
+            return HTMLResponse("<h1>404</h1>", status_code=404)
+        if self.oauth_decline:
+            query = urlencode({"error": "access_denied", "state": q.get("state", ""),
+                               "error_description": "The user has denied your application "
+                                                    "access."})
+            return RedirectResponse(f"{redirect}?{query}", status_code=302)
+        code = secrets.token_hex(10)
+        with self._lock:
+            self._oauth_codes[code] = {
+                "client_id": q.get("client_id"), "redirect_uri": redirect,
+                "challenge": q.get("code_challenge"), "login": self.browser_login,
+                "expires": self._clock() + 600}
+        query = urlencode({"code": code, "state": q.get("state", "")})
+        return RedirectResponse(f"{redirect}?{query}", status_code=302)
+
+    async def _oauth_token(self, request: Request) -> Response:
+        """Errors come with HTTP 200 and an ``error`` key, as on GitHub."""
+        raw = await request.body()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            form = {k: str(v) for k, v in json.loads(raw or b"{}").items()}
+        else:
+            form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        with self._lock:
+            self._log(request)
+
+            def fail(error: str, description: str) -> Response:
+                return JSONResponse({"error": error, "error_description": description,
+                                     "error_uri": f"{DOCS}/oauth"})
+
+            if self._oauth_apps.get(form.get("client_id", "")) != form.get("client_secret"):
+                return fail("incorrect_client_credentials",
+                            "The client_id and/or client_secret passed are incorrect.")
+            grant = self._oauth_codes.pop(form.get("code", ""), None)
+            if grant is None or grant["expires"] < self._clock():
+                return fail("bad_verification_code", "The code passed is incorrect or expired.")
+            if form.get("redirect_uri") != grant["redirect_uri"]:
+                return fail("redirect_uri_mismatch",
+                            "The redirect_uri MUST match the registered callback URL.")
+            if grant["challenge"] and _s256(form.get("code_verifier", "")) != grant["challenge"]:
+                return fail("bad_verification_code", "The code passed is incorrect or expired.")
+            token = "gho_" + secrets.token_hex(18)
+            self._tokens[token] = grant["login"]
+            self._oauth_tokens.add(token)
+        body = {"access_token": token, "token_type": "bearer", "scope": ""}
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse(body)
+        return Response(urlencode(body), media_type="application/x-www-form-urlencoded")
+
+    async def _oauth_revoke(self, request: Request) -> Response:
+        """``DELETE /applications/{client_id}/token`` with Basic client credentials."""
+        client_id = request.path_params["client_id"]
+        header = request.headers.get("authorization", "")
+        try:
+            sent = base64.b64decode(header.partition(" ")[2]).decode()
+        except ValueError:
+            sent = ""
+        token = json.loads(await request.body() or b"{}").get("access_token", "")
+        with self._lock:
+            self._log(request)
+            if sent != f"{client_id}:{self._oauth_apps.get(client_id, '')}" or \
+                    client_id not in self._oauth_apps:
+                return github_error(401, "Requires authentication")
+            if token not in self._oauth_tokens:
+                return github_error(404)
+            self._oauth_tokens.discard(token)
+            self._tokens.pop(token, None)
+        return Response(status_code=204)
 
     async def _get_user(self, request: Request, login: Identity) -> Response:
         """The token's user; an installation token has none (403, as on GitHub)."""
@@ -939,6 +1057,12 @@ class FakeGitHub:
 
     def _now_iso(self) -> str:
         return _iso(self._clock())
+
+
+def _s256(verifier: str) -> str:
+    """The PKCE S256 challenge of ``verifier``."""
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def _iso(when: float) -> str:

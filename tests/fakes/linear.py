@@ -53,7 +53,9 @@ guarded by one ``threading.Lock`` because the app runs on a uvicorn thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -65,10 +67,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -78,6 +81,7 @@ DEFAULT_USER = "Coder Bridge"
 FIXTURE_ISSUE_ID = "9b2f6c1d-3e4a-4f5b-8c7d-1a2b3c4d5e6f"
 FIXTURE_IDENTIFIER = "ENG-123"
 ORGANIZATION_KEY = "example"
+ORGANIZATION_ID = "dc844923-f9a4-40a3-825c-dea7747e57d6"  # the fixture's organizationId
 MAX_FIRST = 250
 DEFAULT_FIRST = 50
 OPERATIONS = ("viewer", "issue", "commentCreate", "commentUpdate", "reactionCreate")
@@ -451,6 +455,10 @@ _SCHEMA: dict[str, dict[str, _FieldDef]] = {
     "User": {name: _FieldDef(kind) for name, kind in [
         ("id", "ID!"), ("name", "String!"), ("displayName", "String!"), ("email", "String!"),
         ("active", "Boolean!"), ("app", "Boolean!"), ("url", "String!"),
+        ("organization", "Organization!"),
+    ]},
+    "Organization": {name: _FieldDef(kind) for name, kind in [
+        ("id", "ID!"), ("name", "String!"), ("urlKey", "String!"),
     ]},
     "Issue": {
         **{name: _FieldDef(kind) for name, kind in [
@@ -812,6 +820,11 @@ class FakeLinear:
         self._delays: dict[str, deque[float]] = defaultdict(deque)
         self._calls: list[_Call] = []
         self._reactions: dict[str, list[Json]] = defaultdict(list)
+        self._fixed_ids: dict[str, str] = {}
+        self._oauth_apps: dict[str, str] = {}
+        self._oauth_codes: dict[str, Json] = {}
+        #: Who is signed in to Linear in the browser (the OAuth flow approves as them).
+        self.browser_user = "Ada Lovelace"
         default = {DEFAULT_API_KEY: DEFAULT_USER}
         for key, name in (api_keys if api_keys is not None else default).items():
             self.add_api_key(key, name)
@@ -820,7 +833,12 @@ class FakeLinear:
             self.add_oauth_token(token, name)
         for issue_id, identifier in issues:
             self.add_issue(issue_id, identifier)
-        self.app = Starlette(routes=[Route("/graphql", self._handle, methods=["POST"])])
+        self.app = Starlette(routes=[
+            Route("/graphql", self._handle, methods=["POST"]),
+            Route("/oauth/authorize", self._oauth_authorize, methods=["GET"]),
+            Route("/oauth/token", self._oauth_token, methods=["POST"]),
+            Route("/oauth/revoke", self._oauth_revoke, methods=["POST"]),
+        ])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -860,6 +878,69 @@ class FakeLinear:
         """Delete a comment (later updates of it are ``Entity not found: Comment``)."""
         with self._lock:
             del self._comments[comment_id]
+
+    def add_user(self, name: str, user_id: str) -> None:
+        """A user with a fixed id (e.g. a fixture's creator), for sign-in."""
+        with self._lock:
+            self._fixed_ids[name] = user_id
+            self._users.pop(user_id, None)
+            self._user(name)
+
+    def configure_oauth(self, client_id: str, client_secret: str) -> None:
+        """Register an OAuth application (reference oauth.md §3)."""
+        with self._lock:
+            self._oauth_apps[client_id] = client_secret
+
+    async def _oauth_authorize(self, request: Request) -> Response:
+        """Approves at once as ``browser_user``."""
+        q = request.query_params
+        with self._lock:
+            if q.get("client_id") not in self._oauth_apps or q.get("response_type") != "code":
+                return Response("Invalid client", status_code=400)
+            code = uuid.uuid4().hex
+            self._oauth_codes[code] = {"redirect_uri": q.get("redirect_uri"),
+                                       "challenge": q.get("code_challenge"),
+                                       "client_id": q.get("client_id"),
+                                       "user": self._user(self.browser_user)}
+        query = urlencode({"code": code, "state": q.get("state", "")})
+        return RedirectResponse(f"{q.get('redirect_uri')}?{query}", status_code=302)
+
+    async def _oauth_token(self, request: Request) -> Response:
+        """Form-encoded only; 400 ``{"error", "error_description"}`` when refused."""
+        if not request.headers.get("content-type", "").startswith(
+                "application/x-www-form-urlencoded"):
+            return JSONResponse({"error": "invalid_request",
+                                 "error_description": "Unsupported content type"}, 400)
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        with self._lock:
+            grant = self._oauth_codes.pop(form.get("code", ""), None)
+            secret = self._oauth_apps.get(form.get("client_id", ""))
+
+            def refuse(error: str, text: str, status: int = 400) -> Response:
+                return JSONResponse({"error": error, "error_description": text}, status)
+
+            if secret is None or secret != form.get("client_secret"):
+                return refuse("invalid_client", "Client authentication failed", 401)
+            if grant is None or grant["redirect_uri"] != form.get("redirect_uri"):
+                return refuse("invalid_grant", "Invalid authorization code")
+            digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+            if grant["challenge"] and grant["challenge"] != base64.urlsafe_b64encode(
+                    digest).rstrip(b"=").decode():
+                return refuse("invalid_grant", "Invalid code verifier")
+            token = "lin_oauth_" + uuid.uuid4().hex
+            self._oauth_tokens[token] = grant["user"]
+        return JSONResponse({"access_token": token, "token_type": "Bearer",
+                             "expires_in": 86399, "scope": "read",
+                             "refresh_token": "lin_refresh_" + uuid.uuid4().hex})
+
+    async def _oauth_revoke(self, request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        token = header.partition(" ")[2].strip()
+        with self._lock:
+            if token not in self._oauth_tokens:
+                return Response(status_code=400)
+            del self._oauth_tokens[token]
+        return Response(status_code=200)
 
     def reactions(self, comment_id: str) -> list[str]:
         """The emoji on a comment, oldest first."""
@@ -1222,7 +1303,8 @@ class FakeLinear:
         for user_id, user in self._users.items():
             if user["name"] == name:
                 return user_id
-        user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-linear-user:{name}"))
+        user_id = self._fixed_ids.get(name) or str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"fake-linear-user:{name}"))
         handle = re.sub(r"[^a-z0-9]+", "", name.lower()) or "user"
         self._users[user_id] = {
             "id": user_id,
@@ -1232,6 +1314,7 @@ class FakeLinear:
             "active": True,
             "app": False,
             "url": f"https://linear.app/{ORGANIZATION_KEY}/profiles/{handle}",
+            "organization": {"id": ORGANIZATION_ID, "name": "Example", "urlKey": ORGANIZATION_KEY},
         }
         return user_id
 

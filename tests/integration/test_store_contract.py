@@ -672,6 +672,36 @@ async def test_whether_others_may_delegate_is_kept_per_account(store: Store) -> 
     assert [a.allow_others for a, _ in listed] == [False]
 
 
+async def test_oauth_tokens_are_replaced_only_from_the_pair_they_came_from(
+    store: Store,
+) -> None:
+    account = await store.link_account(
+        coder_user_id="u-1", coder_username="alice", key_id="k1", ciphertext=b"pair-1",
+        identities=[Identity("github", "1")], token_kind="oauth", token_expires_at=T0 + 60)
+    assert (account.token_kind, account.token_expires_at) == ("oauth", T0 + 60)
+    await store.mark_token_invalid(account.id, ciphertext=b"pair-1")
+    assert await store.replace_tokens(account.id, old_ciphertext=b"pair-1", key_id="k1",
+                                      ciphertext=b"pair-2", expires_at=T0 + 90, now=T0)
+    after = await account_of(store, account.id)
+    assert (after.ciphertext, after.token_expires_at, after.token_status) == (
+        b"pair-2", T0 + 90, "valid")
+    # A second refresh from the old pair lost the race: nothing changes.
+    assert not await store.replace_tokens(account.id, old_ciphertext=b"pair-1", key_id="k1",
+                                          ciphertext=b"pair-3", expires_at=T0 + 99, now=T0)
+    assert (await account_of(store, account.id)).ciphertext == b"pair-2"
+
+
+async def test_another_identity_joins_an_account_and_keeps_its_token(store: Store) -> None:
+    alice = await link(store, "u-1", "alice", [Identity("github", "1")])
+    stray = await link(store, "u-2", "bob", [Identity("linear", "l-1")])
+    await store.mark_token_invalid(alice.id, ciphertext=b"sealed")
+    await store.add_identity(alice.id, Identity("linear", "l-1"), now=T0)
+    joined = await store.find_account("linear", "l-1")
+    assert joined is not None and joined.id == alice.id
+    assert joined.token_status == "invalid"  # the token is untouched
+    assert await store.get_account(stray.id) is None  # left without identities
+
+
 # -- accounts --------------------------------------------------------------------------
 
 
