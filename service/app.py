@@ -24,7 +24,7 @@ from service.accounts import CoderTokens
 from service.coder.detect import ApiDetector, backend_factory
 from service.coder.oauth2 import CoderOAuth
 from service.config import Config
-from service.core.events import Decision
+from service.core.events import Change, Comment, Decision, Ignored, Trigger
 from service.errors import ConfigError, InvalidConfig
 from service.http import build_http_client
 from service.logging import get_logger
@@ -121,9 +121,10 @@ def build_intakes(
         github_secrets = [s.reveal() for s in github.webhook_secrets]
 
         def parse_github(headers: Mapping[str, str], body: bytes) -> Decision:
-            return github_webhook.parse_github_delivery(
+            decision = github_webhook.parse_github_delivery(
                 headers, body, secrets=github_secrets, trigger_label=github.trigger_label,
                 command=command)
+            return _only_enabled(decision, github.enabled, "repository not enabled")
 
         intakes["github"] = Intake(github_webhook.signature_header, parse_github)
     if config.linear is not None:
@@ -131,12 +132,21 @@ def build_intakes(
         linear_secrets = [s.reveal() for s in linear.webhook_secrets]
 
         def parse_linear(headers: Mapping[str, str], body: bytes) -> Decision:
-            return linear_webhook.parse_linear_delivery(
+            decision = linear_webhook.parse_linear_delivery(
                 headers, body, secrets=linear_secrets, trigger_label=linear.trigger_label,
                 now=clock(), command=command)
+            return _only_enabled(decision, linear.enabled, "team not enabled")
 
         intakes["linear"] = Intake(linear_webhook.signature_header, parse_linear)
     return intakes
+
+
+def _only_enabled(decision: Decision, enabled: Callable[[str], bool], reason: str) -> Decision:
+    """``decision``, unless it asks for work in a repository or team outside the
+    allowlist (``github.repositories``, ``linear.teams``): then ignored, stored nowhere."""
+    if isinstance(decision, Trigger | Comment | Change) and not enabled(decision.event.scope):
+        return Ignored(reason, code="not_enabled")
+    return decision
 
 
 def remote_services(config: Config) -> list[tuple[str, str]]:

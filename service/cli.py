@@ -260,6 +260,11 @@ def _check_config(config: Config, *, online: bool) -> int:
     print(f"configuration OK ({where})")
     if config.github is None and config.linear is None:
         print("warning: no tracker is configured ([github] or [linear])")
+    if config.github is not None and config.github.app_id is None and \
+            not config.github.repositories:
+        print("warning: github.repositories is empty: every repository whose webhook knows "
+              "the secret can make the bridge act; list the repositories (globs such as "
+              "acme/*) it may act on")
     if not config.coder.template and config.coder.api != "chats":
         print("warning: coder.template is empty: issues that match no route cannot "
               "create a Tasks API task")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ N = TypeVar("N", int, float)
 
 DEFAULT_TRIGGER_LABEL = "delegate-to-agent"
 DEFAULT_COMMAND = "/agent"
+#: owner/name, where either part may be a glob (``acme/*``, ``acme/api-*``).
+_REPOSITORY_GLOB = re.compile(r"[A-Za-z0-9_.*?\[\]-]+/[A-Za-z0-9_.*?\[\]-]+")
+_TEAM_KEY = re.compile(r"[A-Za-z0-9_]{1,20}")
 STATUS_LABEL_PREFIX = "agent: "
 ACTING_USER_CHOICES = ("author", "labeler")
 CODER_API_CHOICES = ("auto", "tasks", "chats")
@@ -126,6 +130,14 @@ class GitHubConfig:
     status_labels: bool = False
     web_url: str = "https://github.com"
     oauth: OAuthClient | None = None
+    repositories: tuple[str, ...] = ()
+
+    def enabled(self, repository: str) -> bool:
+        """Whether the bridge acts on ``owner/name`` (every repository when the list is
+        empty); globs, case-insensitive."""
+        return not self.repositories or any(
+            fnmatch.fnmatchcase(repository.lower(), pattern.lower())
+            for pattern in self.repositories)
 
     @property
     def content_windows(self) -> tuple[tuple[int, float], ...]:
@@ -144,6 +156,12 @@ class LinearConfig:
     trigger_label: str = DEFAULT_TRIGGER_LABEL
     web_url: str = "https://linear.app"
     oauth: OAuthClient | None = None
+    teams: tuple[str, ...] = ()
+
+    def enabled(self, team: str) -> bool:
+        """Whether the bridge acts on issues of team ``team`` (its key, e.g. ``ENG``;
+        every team when the list is empty)."""
+        return not self.teams or team.lower() in (t.lower() for t in self.teams)
 
 
 @dataclass(frozen=True)
@@ -398,7 +416,7 @@ class _Reader:
                                              "private_key", "trigger_label",
                                              "comments_per_minute", "comments_per_hour",
                                              "status_labels", "web_url", "oauth_client_id",
-                                             "oauth_client_secret"))
+                                             "oauth_client_secret", "repositories"))
         secrets = self._secrets(raw, "github.webhook_secret")
         token = self._str(raw, "github.token", "", secret=True)
         app_id = self._int(raw, "github.app_id", 0, minimum=1) if "app_id" in raw else None
@@ -428,12 +446,14 @@ class _Reader:
             status_labels=self._bool(raw, "github.status_labels", False),
             web_url=self._url(raw, "github.web_url", "https://github.com").rstrip("/"),
             oauth=self._oauth(raw, "github.oauth_client_id", "github.oauth_client_secret"),
+            repositories=self._names(raw, "github.repositories", shape="owner/name",
+                                     pattern=_REPOSITORY_GLOB),
         )
 
     def linear(self, raw: dict[str, Any]) -> LinearConfig:
         self._reject_unknown("linear", raw, ("webhook_secret", "api_url", "api_key",
                                              "trigger_label", "web_url", "oauth_client_id",
-                                             "oauth_client_secret"))
+                                             "oauth_client_secret", "teams"))
         secrets = self._secrets(raw, "linear.webhook_secret")
         api_key = self._str(raw, "linear.api_key", "", secret=True)
         if not api_key:
@@ -446,6 +466,8 @@ class _Reader:
                                     nonempty=True),
             web_url=self._url(raw, "linear.web_url", "https://linear.app").rstrip("/"),
             oauth=self._oauth(raw, "linear.oauth_client_id", "linear.oauth_client_secret"),
+            teams=self._names(raw, "linear.teams", shape="a team key such as ENG",
+                              pattern=_TEAM_KEY),
         )
 
     def delegation(self, raw: dict[str, Any]) -> DelegationConfig:
@@ -525,6 +547,18 @@ class _Reader:
         return RouteMatch(provider, repository, team)  # type: ignore[arg-type]
 
     # -- values ---------------------------------------------------------------------
+    def _names(self, raw: dict[str, Any], key: str, *, shape: str,
+               pattern: re.Pattern[str]) -> tuple[str, ...]:
+        """A list of plain names (repository globs, team keys), each checked."""
+        value = raw.get(key.rsplit(".", 1)[-1], [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._problem(key, "must be an array of strings")
+            return ()
+        for index, name in enumerate(value):
+            if not pattern.fullmatch(name):
+                self._problem(f"{key}[{index}]", f"{name!r} is not {shape}")
+        return tuple(value)
+
     def _oauth(self, raw: dict[str, Any], id_key: str, secret_key: str) -> OAuthClient | None:
         """An OAuth client from its id and secret keys: both or neither."""
         client_id = self._str(raw, id_key, "").strip()

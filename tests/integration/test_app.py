@@ -46,7 +46,7 @@ def fakes() -> Iterator[tuple[FakeCoder, str, FakeGitHub, str]]:
 
 
 def make_config(tmp_path: Path, coder_url: str, github_url: str, *, github: bool = True,
-                sync_interval: float = 15) -> Config:
+                sync_interval: float = 15, extra_github: str = "") -> Config:
     text = f"""
 [storage]
 url = "sqlite:///{tmp_path / 'bridge.db'}"
@@ -67,6 +67,7 @@ webhook_secret = "{GITHUB_SECRET}"
 api_url = "{github_url}"
 token = "{DEFAULT_TOKEN}"
 trigger_label = "bug"
+{extra_github}
 """
     path = tmp_path / "config.toml"
     path.write_text(text)
@@ -105,6 +106,25 @@ async def test_unconfigured_tracker_answers_404(tmp_path: Path) -> None:
             assert response.status_code == 404
             assert response.json()["error"] == "not_configured"
         assert (await client.get("/healthz")).status_code == 200
+    await services.close()
+
+
+async def test_deliveries_from_a_repository_not_enabled_do_nothing(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9",
+                         extra_github='repositories = ["acme/*"]')
+    services = await build_services(config, role="web")
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+        before = (await client.get("/metrics")).text
+        answer = await deliver(client)  # Codertocat/Hello-World is not acme's
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ignored", "reason": "repository not enabled"}
+        after = (await client.get("/metrics")).text
+        assert sample(after, "coder_bridge_deliveries_total", tracker="github",
+                      outcome="ignored", reason="not_enabled") - sample(
+            before, "coder_bridge_deliveries_total", tracker="github", outcome="ignored",
+            reason="not_enabled") == 1
+    assert await services.store.list_deliveries(limit=10) == []  # stored nowhere
     await services.close()
 
 

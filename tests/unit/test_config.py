@@ -256,3 +256,33 @@ oauth_client_id = "Iv1.abc"
                                                         'oauth2_client_id = "c"\n'
                                                         'oauth2_client_secret = "s"')), {})
     assert local.coder.oauth2 is not None  # http on 127.0.0.1 is fine for development
+
+
+def test_allowlists_take_globs_and_team_keys(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "s"
+token = "t"
+repositories = ["acme/*", "Octo/Hello-World"]
+[linear]
+webhook_secret = "s"
+api_key = "k"
+teams = ["ENG"]
+"""), {})
+    assert config.github is not None and config.linear is not None
+    assert config.github.enabled("acme/api") and config.github.enabled("octo/hello-world")
+    assert not config.github.enabled("other/api") and not config.github.enabled("acmex/api")
+    assert config.linear.enabled("eng") and not config.linear.enabled("OPS")
+    everything = load_config(write(tmp_path, MINIMAL), {})
+    assert everything.github is None
+    found = problems(tmp_path, MINIMAL + """
+[github]
+webhook_secret = "s"
+token = "t"
+repositories = ["just-a-name", "a/b c"]
+[linear]
+webhook_secret = "s"
+api_key = "k"
+teams = "ENG"
+""")
+    assert set(found) == {"github.repositories[0]", "github.repositories[1]", "linear.teams"}
