@@ -11,7 +11,7 @@ import base64
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +25,7 @@ from service.coder.detect import ApiDetector, backend_factory
 from service.coder.oauth2 import CoderOAuth
 from service.config import Config
 from service.core.events import Change, Comment, Decision, Ignored, Trigger
+from service.core.pacing import Window
 from service.errors import ConfigError, InvalidConfig
 from service.http import build_http_client
 from service.logging import get_logger
@@ -36,9 +37,11 @@ from service.trackers.github.api import GitHubAuth, GitHubClient, TokenAuth
 from service.trackers.github.app_auth import AppAuth
 from service.trackers.github.oauth import GitHubSignIn
 from service.trackers.github.ratelimit import ContentRateLimiter
+from service.trackers.github.sweep import GitHubSweep
 from service.trackers.linear import webhook as linear_webhook
 from service.trackers.linear.api import LinearClient
 from service.trackers.linear.oauth import LinearSignIn
+from service.trackers.linear.sweep import LinearSweep
 from service.vault import Vault
 from service.web.connect import ConnectPage, SignIn
 from service.web.health import MetricsEndpoint, Readiness, healthz
@@ -47,7 +50,8 @@ from service.web.sessions import Sessions
 from service.web.webhooks import Intake, WebhookEndpoint
 from service.worker.context import WorkerContext
 from service.worker.delegator import Delegator
-from service.worker.loop import Worker
+from service.worker.loop import Worker, worker_id
+from service.worker.reconcile import Reconciler, Source
 
 Role = Literal["all", "web", "worker"]
 DEV_KEY_FILE = Path("data") / "dev-encryption.key"
@@ -81,8 +85,25 @@ def load_vault(config: Config) -> Vault:
     return Vault([base64.b64decode(DEV_KEY_FILE.read_text().strip())])
 
 
-def build_trackers(config: Config, http: httpx.AsyncClient) -> dict[str, IssueTracker]:
-    """One comment client per configured tracker.
+class StoreLedger:
+    """GitHub's content budget kept in the database, shared by every replica: GitHub
+    counts writes per token, not per process (``trackers.github.ratelimit.Ledger``)."""
+
+    def __init__(self, store: Store, budget: str) -> None:
+        self.store = store
+        self.budget = budget
+
+    async def take(self, now: float, windows: Sequence[Window]) -> float:
+        return await self.store.take_budget(self.budget, now=now, windows=windows)
+
+    async def wait(self, now: float, windows: Sequence[Window]) -> float:
+        return await self.store.take_budget(self.budget, now=now, windows=windows, take=False)
+
+
+def build_trackers(config: Config, http: httpx.AsyncClient,
+                   store: Store | None = None) -> dict[str, IssueTracker]:
+    """One comment client per configured tracker. With ``store``, GitHub's content
+    limits are counted in the database, across replicas.
 
     Raises ``InvalidConfig`` when the GitHub App private key cannot be used.
     """
@@ -100,7 +121,9 @@ def build_trackers(config: Config, http: httpx.AsyncClient) -> dict[str, IssueTr
             auth = TokenAuth(github.token.reveal())
         else:  # load_config requires one of the two
             raise InvalidConfig([ConfigError("github.token", "no GitHub credential")])
-        limiter = ContentRateLimiter(github.content_windows)
+        limiter = (ContentRateLimiter(github.content_windows, clock=time.time,
+                                      ledger=StoreLedger(store, "github-content"))
+                   if store is not None else ContentRateLimiter(github.content_windows))
         trackers["github"] = GitHubClient(github.api_url, auth, http=http, limiter=limiter,
                                             max_pacing_wait=MAX_PACING_WAIT_SECONDS)
     linear = config.linear
@@ -172,14 +195,18 @@ class Services:
     worker: Worker | None = None
     intakes: dict[str, Intake | None] = field(default_factory=dict)
     connect: ConnectPage | None = None
+    reconciler: Reconciler | None = None
     clock: Callable[[], float] = time.time
 
     async def start(self) -> None:
-        """Start the group-commit writer and the worker loop, as the role asks."""
+        """Start the group-commit writer, the worker loop and the periodic sweep, as the
+        role asks."""
         if self.committer is not None:
             await self.committer.start()
         if self.worker is not None:
             await self.worker.start()
+            if self.reconciler is not None:
+                self.reconciler.start(self.config.reconcile.interval)
 
     async def close(self) -> None:
         """Stop accepting, commit what was submitted, drain the worker, close connections.
@@ -187,6 +214,8 @@ class Services:
         Safe after a start that failed half-way: whatever was opened is closed.
         """
         try:
+            if self.reconciler is not None:
+                await self.reconciler.stop()
             if self.committer is not None:
                 await self.committer.stop()
             if self.worker is not None:
@@ -219,6 +248,19 @@ async def build_services(
             await http.aclose()
         await store.close()
         raise
+
+
+def build_reconciler(config: Config, store: Store, trackers: Mapping[str, IssueTracker], *,
+                     owner: str, clock: Callable[[], float] = time.time) -> Reconciler:
+    """The reconciliation sweep over the configured trackers."""
+    sources: dict[str, Source] = {}
+    github, linear = trackers.get("github"), trackers.get("linear")
+    if config.github is not None and isinstance(github, GitHubClient):
+        sources["github"] = GitHubSweep(github, config.github)
+    if config.linear is not None and isinstance(linear, LinearClient):
+        sources["linear"] = LinearSweep(linear, config.linear)
+    return Reconciler(store, sources, lookback=config.reconcile.lookback, owner=owner,
+                      clock=clock)
 
 
 def build_coder_oauth(config: Config, http: httpx.AsyncClient) -> CoderOAuth | None:
@@ -259,12 +301,14 @@ def _wire(services: Services, trackers: dict[str, IssueTracker] | None) -> Servi
                                         services.http, services.role)
     coder_oauth = build_coder_oauth(config, http)
     tokens = CoderTokens(store, services.vault, coder_oauth, clock=clock)
+    trackers = trackers if trackers is not None else build_trackers(config, http, store)
+    services.reconciler = build_reconciler(config, store, trackers, owner=worker_id(),
+                                           clock=clock)
     if role in ("all", "worker"):
         delegator = Delegator(WorkerContext(
             config=config, store=store, vault=services.vault,
             coder_backend=backend_factory(config.coder, http, ApiDetector()),
-            trackers=trackers if trackers is not None else build_trackers(config, http),
-            clock=clock, tokens=tokens,
+            trackers=trackers, clock=clock, tokens=tokens,
         ))
         services.worker = Worker(store=store, delegator=delegator, config=config.worker,
                                  clock=clock)

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="run a stored delivery again")
     retry.add_argument("delivery_id", metavar="ID")
 
+    commands.add_parser("reconcile", parents=[common],
+                        help="look now for labelled issues whose webhook never arrived")
+
     delegations = commands.add_parser("delegations", parents=[common],
                                       help="what the bridge did about each issue")
     delegations_sub = delegations.add_subparsers(dest="delegations_command", required=True,
@@ -177,6 +180,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         "deliveries.list": lambda store: _deliveries_list(store, args.limit),
         "deliveries.retry": lambda store: _deliveries_retry(store, args.delivery_id),
         "delegations.list": lambda store: _delegations_list(store, args.state, args.limit),
+        "reconcile": lambda store: _reconcile(store, config),
     }
     sub = getattr(args, f"{command}_command", None)
     return asyncio.run(_with_store(config, handlers[f"{command}.{sub}" if sub else command],
@@ -497,6 +501,33 @@ async def _delegations_list(store: Store, state: str, limit: int) -> int:
             _when(d.updated_at),
         ]
         print("\t".join(fields))
+    return 0
+
+
+async def _reconcile(store: Store, config: Config) -> int:
+    from service.app import build_reconciler, build_trackers, remote_services
+    from service.http import build_http_client
+
+    http = build_http_client(remote_services(config), timeout=config.coder.timeout)
+    try:
+        reconciler = build_reconciler(config, store, build_trackers(config, http, store),
+                                      owner=f"cli:{os.getpid()}")
+        if not reconciler.sources:
+            print("no tracker is configured: nothing to look for")
+            return 0
+        findings = await reconciler.sweep()
+    finally:
+        await http.aclose()
+    if findings is None:
+        print("another bridge process is sweeping right now; its findings are in its log")
+        return 0
+    words = {"queued": "queued as if its labelled delivery had arrived",
+             "delegated": "has a delegation already: left alone",
+             "already_queued": "already queued by an earlier sweep"}
+    for finding in findings:
+        print(f"{finding.tracker}\t{finding.issue}\t{words[finding.outcome]}")
+    queued = sum(1 for f in findings if f.outcome == "queued")
+    print(f"found {len(findings)} labelled open issue(s); queued {queued}")
     return 0
 
 

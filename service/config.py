@@ -189,6 +189,15 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    """``[reconcile]``: how often to look for labelled issues whose webhook never arrived
+    (0: only on demand), and how far back."""
+
+    interval: float = 900.0
+    lookback: float = 86400.0
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """``[worker]``: job concurrency, retry budget, lease length and idle poll interval."""
 
@@ -238,6 +247,7 @@ class Config:
     linear: LinearConfig | None = None
     delegation: DelegationConfig = field(default_factory=DelegationConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     routes: tuple[Route, ...] = ()
     source: Path | None = None
@@ -308,7 +318,7 @@ class _Reader:
     # -- the sections --------------------------------------------------------------
     def config(self, raw: dict[str, Any], path: Path) -> Config:
         sections = ("server", "storage", "security", "coder", "github", "linear",
-                    "delegation", "sync", "worker", "routes")
+                    "delegation", "sync", "reconcile", "worker", "routes")
         self._reject_unknown("", raw, sections)
         for name in sections[:-1]:
             if name in raw and not isinstance(raw[name], dict):
@@ -322,9 +332,10 @@ class _Reader:
         linear = self._section(raw["linear"], self.linear) if "linear" in raw else None
         delegation = self._section(raw.get("delegation", {}), self.delegation)
         sync = self._section(raw.get("sync", {}), self.sync)
+        reconcile = self._section(raw.get("reconcile", {}), self.reconcile)
         worker = self._section(raw.get("worker", {}), self.worker)
         routes = self.routes(raw.get("routes", []))
-        if None in (server, storage, security, coder, delegation, sync, worker):
+        if None in (server, storage, security, coder, delegation, sync, reconcile, worker):
             return Config(source=path)
         assert server is not None and coder is not None
         oauth_keys = [key for key, client in (
@@ -336,9 +347,10 @@ class _Reader:
                           f"with Coder is configured ({', '.join(oauth_keys)}): the session "
                           "cookies and OAuth redirects must not travel in the clear")
         assert server and storage and security and coder and delegation and sync and worker
+        assert reconcile is not None
         return Config(server=server, storage=storage, security=security, coder=coder,
                       github=github, linear=linear, delegation=delegation, sync=sync,
-                      worker=worker, routes=routes, source=path)
+                      reconcile=reconcile, worker=worker, routes=routes, source=path)
 
     def _section(
         self, raw: dict[str, Any] | None, build: Callable[[dict[str, Any]], T],
@@ -500,6 +512,16 @@ class _Reader:
             stop_on_close=self._bool(raw, "sync.stop_on_close", True),
             max_runtime=self._float(raw, "sync.max_runtime", 0.0, minimum=0),
         )
+
+    def reconcile(self, raw: dict[str, Any]) -> ReconcileConfig:
+        self._reject_unknown("reconcile", raw, ("interval", "lookback"))
+        interval = self._float(raw, "reconcile.interval", 900.0, minimum=0)
+        if 0 < interval < 60:
+            self._problem("reconcile.interval", "must be 0 (only on demand) or at least 60: "
+                          "GitHub's search allows 30 requests a minute")
+            interval = 900.0
+        return ReconcileConfig(interval=interval, lookback=self._float(
+            raw, "reconcile.lookback", 86400.0, minimum=60))
 
     def worker(self, raw: dict[str, Any]) -> WorkerConfig:
         self._reject_unknown("worker", raw, ("concurrency", "max_attempts", "lease_seconds",

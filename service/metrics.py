@@ -136,3 +136,17 @@ CONNECT_REFUSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+RECONCILE_SWEEPS = Counter(
+    "coder_bridge_reconcile_sweeps_total",
+    "Reconciliation sweeps by outcome (done; busy: another process was sweeping; failed: a "
+    "tracker could not be asked, per tracker).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RECONCILE_FOUND = Counter(
+    "coder_bridge_reconcile_found_total",
+    "Labelled open issues a sweep found, by tracker and outcome (queued: its missed delivery "
+    "was stored; delegated: it has a delegation already; already_queued).",
+    ["tracker", "outcome"],
+    registry=REGISTRY,
+)

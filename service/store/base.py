@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from service.core.pacing import Window
 from service.core.work import Delegation, DelegationState
 
 __all__ = [
@@ -296,6 +297,28 @@ class Store(Protocol):
         (True if one was queued). Its event is ``{"delegation_id", "reason", "seen"}``:
         ``seen`` is what the status round saw, which the check job records in
         ``Delegation.checked`` once it has shown it."""
+        ...
+
+    # -- sweeps and shared budgets ---------------------------------------------------
+    async def claim_sweep(self, name: str, owner: str, *, now: float, lease: float) -> bool:
+        """Hold sweep ``name`` (e.g. ``reconcile``) until ``now + lease`` unless another
+        owner holds it; True if ``owner`` holds it now."""
+        ...
+
+    async def finish_sweep(self, name: str, owner: str, *, now: float) -> None:
+        """Let go of sweep ``name`` and record that it finished at ``now``."""
+        ...
+
+    async def last_sweep(self, name: str) -> float | None:
+        """When sweep ``name`` last finished (None: never)."""
+        ...
+
+    async def take_budget(self, budget: str, *, now: float, windows: Sequence[Window],
+                          take: bool = True) -> float:
+        """One more spend of ``budget`` (shared by every process on the database): if it
+        fits every window (``service.core.pacing``), record it at ``now`` (when ``take``)
+        and return 0.0; else record nothing and return the seconds to wait. Atomic
+        across processes."""
         ...
 
     # -- follow-ups ---------------------------------------------------------------

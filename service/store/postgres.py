@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from service.core.pacing import Window, delay_needed
 from service.errors import StoreError
 from service.store import (
     account_from_row,
@@ -453,6 +454,36 @@ class PostgresStore:
             return True
 
         return bool(await self._transaction(body))
+
+    # -- sweeps and shared budgets ---------------------------------------------------
+    async def claim_sweep(self, name: str, owner: str, *, now: float, lease: float) -> bool:
+        """See ``Store.claim_sweep``."""
+        return bool(await self._fetch(queries.CLAIM_SWEEP, name, owner, now, now + lease))
+
+    async def finish_sweep(self, name: str, owner: str, *, now: float) -> None:
+        """See ``Store.finish_sweep``."""
+        await self._execute(queries.FINISH_SWEEP, name, owner, now)
+
+    async def last_sweep(self, name: str) -> float | None:
+        """See ``Store.last_sweep``."""
+        rows = await self._fetch(queries.LAST_SWEEP, name)
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def take_budget(self, budget: str, *, now: float, windows: Sequence[Window],
+                          take: bool = True) -> float:
+        """See ``Store.take_budget``: serialised per budget with an advisory lock."""
+        longest = max((span for _, span in windows), default=0.0)
+
+        async def body(conn: Any) -> float:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"budget:{budget}")
+            await conn.execute(queries.FORGET_SPENDS, budget, now - longest)
+            spends = [float(r[0]) for r in await conn.fetch(queries.LIST_SPENDS, budget)]
+            wait = delay_needed(spends, windows, now)
+            if wait <= 0 and take:
+                await conn.execute(queries.ADD_SPEND, budget, max([now, *spends[-1:]]))
+            return wait
+
+        return float(await self._transaction(body))
 
     # -- follow-ups ---------------------------------------------------------------
     async def add_followup(

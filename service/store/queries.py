@@ -149,6 +149,24 @@ UPDATE accounts SET check_at = $3, check_failures = $4, check_owner = NULL, chec
 WHERE id = $1 AND check_owner = $2
 """
 
+# -- sweeps: periodic work one replica at a time ---------------------------------------------
+# Returns a row when $2 now holds sweep $1 (free, or its holder's lease ended before $3).
+CLAIM_SWEEP = """
+INSERT INTO sweeps (name, owner, until) VALUES ($1, $2, $4)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE sweeps.owner IS NULL OR sweeps.until < $3
+RETURNING name
+"""
+FINISH_SWEEP = """
+UPDATE sweeps SET owner = NULL, until = NULL, last_at = $3 WHERE name = $1 AND owner = $2
+"""
+LAST_SWEEP = "SELECT last_at FROM sweeps WHERE name = $1"
+
+# -- shared budgets ------------------------------------------------------------------------
+FORGET_SPENDS = "DELETE FROM budget_spends WHERE budget = $1 AND at <= $2"
+LIST_SPENDS = "SELECT at FROM budget_spends WHERE budget = $1 ORDER BY at"
+ADD_SPEND = "INSERT INTO budget_spends (budget, at) VALUES ($1, $2)"
+
 # -- follow-ups --------------------------------------------------------------------------
 ADD_FOLLOWUP = """
 INSERT INTO followups (delegation_id, source, text, created_at) VALUES ($1, $2, $3, $4)

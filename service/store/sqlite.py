@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from service.core.pacing import Window, delay_needed
 from service.errors import StoreError
 from service.store import (
     Migration,
@@ -563,6 +564,37 @@ class SQLiteStore:
             await conn.execute(_INSERT_CHECK, (delegation.tracker, delivery_id,
                                                delegation.issue_key, event, now))
             return True
+
+        return await self._run(body, begin="BEGIN IMMEDIATE")
+
+    # -- sweeps and shared budgets ---------------------------------------------------
+    async def claim_sweep(self, name: str, owner: str, *, now: float, lease: float) -> bool:
+        """See ``Store.claim_sweep``."""
+        return await self._fetchone(_Q["CLAIM_SWEEP"], (name, owner, now, now + lease)) \
+            is not None
+
+    async def finish_sweep(self, name: str, owner: str, *, now: float) -> None:
+        """See ``Store.finish_sweep``."""
+        await self._rowcount(_Q["FINISH_SWEEP"], (name, owner, now))
+
+    async def last_sweep(self, name: str) -> float | None:
+        """See ``Store.last_sweep``."""
+        row = await self._fetchone(_Q["LAST_SWEEP"], (name,))
+        return float(row[0]) if row is not None and row[0] is not None else None
+
+    async def take_budget(self, budget: str, *, now: float, windows: Sequence[Window],
+                          take: bool = True) -> float:
+        """See ``Store.take_budget`` (one write transaction)."""
+        longest = max((span for _, span in windows), default=0.0)
+
+        async def body(conn: aiosqlite.Connection) -> float:
+            await conn.execute(_Q["FORGET_SPENDS"], (budget, now - longest))
+            spends = [float(r[0]) for r in await conn.execute_fetchall(_Q["LIST_SPENDS"],
+                                                                       (budget,))]
+            wait = delay_needed(spends, windows, now)
+            if wait <= 0 and take:
+                await conn.execute(_Q["ADD_SPEND"], (budget, max([now, *spends[-1:]])))
+            return wait
 
         return await self._run(body, begin="BEGIN IMMEDIATE")
 

@@ -46,6 +46,7 @@ ENCRYPTION_KEY = base64.b64encode(b"e2e-test-key-32-bytes-long-....."[:32]).deco
 AUTHOR_GITHUB_ID = "21031067"  # Codertocat, the author in every GitHub fixture
 AUTHOR_LINEAR_ID = "5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10"  # Ada, creator of the Linear fixture
 REPOSITORY = "Codertocat/Hello-World"
+FIXTURE_REPOSITORY_ID = 186853002  # the repository id in every GitHub fixture
 
 
 def _is_reply(body: str) -> bool:
@@ -124,6 +125,7 @@ url = "{s.get("storage_url", f"sqlite:///{self.db_path}")}"
 
 [security]
 encryption_keys = ["env:CODER_BRIDGE_KEY"]
+admin_token = "{s.get("admin_token", "")}"
 
 [coder]
 url = "{self.coder_url}"
@@ -139,6 +141,7 @@ api_url = "{self.github_url}"
 token = "env:GITHUB_TOKEN"
 trigger_label = "bug"
 status_labels = {str(s.get("status_labels", False)).lower()}
+repositories = {json.dumps(s.get("repositories", []))}
 {self._oauth_keys("github", "oauth_client", self.github_url)}
 
 [linear]
@@ -149,6 +152,9 @@ api_key = "env:LINEAR_API_KEY"
 
 [delegation]
 acting_user = {s.get("acting_user", '["author"]')}
+
+[reconcile]
+interval = {s.get("reconcile_interval", 0)}
 
 [sync]
 interval = {s.get("sync_interval", 1)}
@@ -422,10 +428,11 @@ poll_interval = 0.05
         [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
         return int(kib) * 1024
 
-    def wait_for_comment(self, contains: str, *, timeout: float = 15.0) -> dict[str, Any]:
-        """The issue's single bridge comment, once its body contains ``contains``."""
+    def wait_for_comment(self, contains: str, *, timeout: float = 15.0,
+                         number: int = 1) -> dict[str, Any]:
+        """Issue ``number``'s bridge comment, once its body contains ``contains``."""
         def found() -> dict[str, Any] | None:
-            matching = [c for c in self.comments() if contains in c["body"]]
+            matching = [c for c in self.comments(number) if contains in c["body"]]
             return matching[0] if matching else None
 
         return wait_for(found, timeout=timeout, what=f"a comment containing {contains!r}")
@@ -441,6 +448,7 @@ def running_bridge(tmp_path: Path, *, coder_mode: str = "tasks", start: bool = T
     coder = FakeCoder(coder_mode)
     coder.add_template("default", "tasks-docker", presets=settings.pop("presets", ()))
     github = FakeGitHub()
+    github.set_repository_id(REPOSITORY, FIXTURE_REPOSITORY_ID)
     linear = FakeLinear()
     with ExitStack() as stack:
         coder_url = stack.enter_context(serve_in_thread(coder.app()))

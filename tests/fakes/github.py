@@ -74,6 +74,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import secrets
 import threading
 import time
@@ -241,6 +242,11 @@ class FakeGitHub:
         #: False: edits of comments written by someone else answer 403, as for a token
         #: without write access or on a locked issue (True: allowed, like write access).
         self.allow_editing_others = True
+        self._issue_data: dict[tuple[str, int], dict[str, Any]] = {}
+        self._issue_events: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        self._searches: dict[Identity, deque[float]] = defaultdict(deque)
+        #: Search's own budget: requests a minute per token (GitHub: 30).
+        self.search_limit = 30
         self._oauth_apps: dict[str, str] = {}  # client id → secret
         self._oauth_codes: dict[str, dict[str, Any]] = {}
         self._oauth_tokens: set[str] = set()
@@ -277,6 +283,12 @@ class FakeGitHub:
                 methods=["GET"],
             ),
             Route("/user", self.endpoint("get_user", self._get_user), methods=["GET"]),
+            Route("/search/issues", self.endpoint("search_issues", self._search,
+                                                  counts=False), methods=["GET"]),
+            Route("/repos/{owner}/{repo}", self.endpoint("get_repo", self._get_repo),
+                  methods=["GET"]),
+            Route("/repos/{owner}/{repo}/issues/{number}/events",
+                  self.endpoint("list_issue_events", self._list_issue_events), methods=["GET"]),
             Route(
                 "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
                 self.endpoint("create_reaction", self._react),
@@ -528,6 +540,34 @@ class FakeGitHub:
         with self._lock:
             del self._comments[comment_id]
 
+    def set_repository_id(self, full_name: str, repository_id: int) -> None:
+        """Give a repository the id its webhook deliveries carry (e.g. a fixture's)."""
+        self.add_issue(full_name, 1)
+        with self._lock:
+            self._repos[full_name.lower()].id = repository_id
+
+    def add_labelled_issue(self, full_name: str, number: int, *, label: str,
+                           author: tuple[int, str], labeler: tuple[int, str],
+                           updated_at: str, title: str = "A missed issue",
+                           state: str = "open") -> None:
+        """An issue carrying ``label``, written by ``author`` and labelled by ``labeler``
+        ((id, login) each), as if its webhook had never been delivered."""
+        self.add_issue(full_name, number)
+        with self._lock:
+            repo = self._repos[full_name.lower()]
+            user = {"login": author[1], "id": author[0], "type": "User"}
+            self._issue_data[(full_name.lower(), number)] = {
+                "id": 500_000_000 + repo.id % 1000 * 1000 + number, "number": number,
+                "title": title, "body": f"{title}: the body.", "state": state, "user": user,
+                "labels": [{"id": 1, "name": label, "color": "d73a4a", "default": False}],
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": updated_at,
+                "html_url": f"https://github.com/{repo.full_name}/issues/{number}",
+                "author_association": "OWNER"}
+            self._issue_events[(full_name.lower(), number)].append({
+                "id": next(self._reaction_ids), "event": "labeled", "created_at": updated_at,
+                "actor": {"login": labeler[1], "id": labeler[0], "type": "User"},
+                "label": {"name": label, "color": "d73a4a"}})
+
     def configure_oauth(self, client_id: str, client_secret: str) -> None:
         """Register an OAuth App (or a GitHub App's client) for the web flow."""
         with self._lock:
@@ -755,6 +795,64 @@ class FakeGitHub:
             self._oauth_tokens.discard(token)
             self._tokens.pop(token, None)
         return Response(status_code=204)
+
+    async def _search(self, request: Request, login: Identity) -> Response:
+        """``GET /search/issues``: the qualifiers a sweep uses (``repo:``, ``user:``,
+        ``org:``, ``is:issue``, ``is:open``, ``label:"…"``, ``updated:>=``), its own budget
+        of ``search_limit`` requests a minute (then 403 with ``x-ratelimit-resource:
+        search``), ``is:issue`` required as for App user tokens."""
+        now = self._clock()
+        with self._lock:
+            window = self._searches[login]
+            while window and window[0] <= now - 60:
+                window.popleft()
+            if len(window) >= self.search_limit:
+                return JSONResponse(
+                    {"message": "API rate limit exceeded for user.", "documentation_url": DOCS},
+                    status_code=403, headers={"x-ratelimit-resource": "search",
+                                              "x-ratelimit-remaining": "0",
+                                              "x-ratelimit-reset": str(int(window[0] + 61))})
+            window.append(now)
+            terms = _search_terms(request.query_params.get("q", ""))
+            if ("is", "issue") not in terms:
+                return github_error(422, "Validation Failed")
+            scopes = [(k, v.lower()) for k, v in terms if k in ("repo", "user", "org")]
+            labels = [v.lower() for k, v in terms if k == "label"]
+            since = next((v[2:] for k, v in terms if k == "updated" and v.startswith(">=")), "")
+            items = []
+            for (repo, number), data in self._issue_data.items():
+                owner = repo.split("/")[0]
+                if scopes and not any(v == repo if k == "repo" else v == owner
+                                      for k, v in scopes):
+                    continue
+                if ("is", "open") in terms and data["state"] != "open":
+                    continue
+                names = {label["name"].lower() for label in data["labels"]}
+                if not all(label in names for label in labels) or data["updated_at"] < since:
+                    continue
+                api = f"{str(request.base_url).rstrip('/')}/repos/{self._repos[repo].full_name}"
+                items.append({**data, "repository_url": api, "url": f"{api}/issues/{number}"})
+        items.sort(key=lambda i: i["updated_at"], reverse=True)
+        return JSONResponse({"total_count": len(items), "incomplete_results": False,
+                             "items": items[:100]})
+
+    async def _get_repo(self, request: Request, login: Identity) -> Response:
+        params = request.path_params
+        with self._lock:
+            repo = self._repos.get(f"{params['owner']}/{params['repo']}".lower())
+            if repo is None:
+                return github_error(404)
+            return JSONResponse({"id": repo.id, "full_name": repo.full_name,
+                                 "name": repo.full_name.split("/")[1], "private": False})
+
+    async def _list_issue_events(self, request: Request, login: Identity) -> Response:
+        params = request.path_params
+        with self._lock:
+            repo = self._find_issue(params["owner"], params["repo"], params["number"])
+            if repo is None:
+                return github_error(404)
+            events = self._issue_events.get((repo.full_name.lower(), int(params["number"])), [])
+            return JSONResponse(json.loads(json.dumps(events)))
 
     async def _get_user(self, request: Request, login: Identity) -> Response:
         """The token's user; an installation token has none (403, as on GitHub)."""
@@ -1057,6 +1155,14 @@ class FakeGitHub:
 
     def _now_iso(self) -> str:
         return _iso(self._clock())
+
+
+def _search_terms(query: str) -> list[tuple[str, str]]:
+    """``key:value`` terms of a search query (quoted values unquoted), lower-cased keys."""
+    terms = []
+    for match in re.finditer(r'(\w+):("[^"]*"|\S+)', query):
+        terms.append((match.group(1).lower(), match.group(2).strip('"')))
+    return terms
 
 
 def _s256(verifier: str) -> str:

@@ -438,6 +438,8 @@ _SCHEMA: dict[str, dict[str, _FieldDef]] = {
     "Query": {
         "viewer": _FieldDef("User!"),
         "issue": _FieldDef("Issue!", {"id": "String!"}),
+        "issues": _FieldDef("IssueConnection!", {**_CONNECTION_ARGS, "filter": "IssueFilter",
+                                                 "orderBy": "PaginationOrderBy"}),
     },
     "Mutation": {
         "commentCreate": _FieldDef("CommentPayload!", {"input": "CommentCreateInput!"}),
@@ -463,9 +465,33 @@ _SCHEMA: dict[str, dict[str, _FieldDef]] = {
     "Issue": {
         **{name: _FieldDef(kind) for name, kind in [
             ("id", "ID!"), ("identifier", "String!"), ("title", "String!"), ("url", "String!"),
-            ("number", "Float!"), ("description", "String"),
+            ("number", "Float!"), ("description", "String"), ("createdAt", "DateTime!"),
+            ("updatedAt", "DateTime!"), ("creator", "User"), ("team", "Team!"),
+            ("state", "WorkflowState!"),
         ]},
         "comments": _FieldDef("CommentConnection!", _CONNECTION_ARGS),
+        "labels": _FieldDef("IssueLabelConnection!", _CONNECTION_ARGS),
+        "history": _FieldDef("IssueHistoryConnection!", _CONNECTION_ARGS),
+    },
+    "IssueConnection": {
+        "nodes": _FieldDef("[Issue!]!"),
+        "pageInfo": _FieldDef("PageInfo!"),
+    },
+    "Team": {name: _FieldDef(kind) for name, kind in [
+        ("id", "ID!"), ("key", "String!"), ("name", "String!"),
+    ]},
+    "WorkflowState": {name: _FieldDef(kind) for name, kind in [
+        ("id", "ID!"), ("name", "String!"), ("type", "String!"),
+    ]},
+    "IssueLabelConnection": {"nodes": _FieldDef("[IssueLabel!]!")},
+    "IssueLabel": {name: _FieldDef(kind) for name, kind in [("id", "ID!"), ("name", "String!")]},
+    "IssueHistoryConnection": {"nodes": _FieldDef("[IssueHistory!]!")},
+    "IssueHistory": {
+        **{name: _FieldDef(kind) for name, kind in [
+            ("id", "ID!"), ("createdAt", "DateTime!"), ("addedLabelIds", "[String!]"),
+            ("removedLabelIds", "[String!]"),
+        ]},
+        "actor": _FieldDef("User"),
     },
     "CommentConnection": {
         "nodes": _FieldDef("[Comment!]!"),
@@ -494,6 +520,8 @@ _INPUTS: dict[str, dict[str, str]] = {
     "CommentUpdateInput": {
         "body": "String", "bodyData": "JSON", "doNotSubscribeToIssue": "Boolean",
     },
+    # Filters are checked by field name only; the resolver reads the comparators it knows.
+    "IssueFilter": {"labels": "JSON", "updatedAt": "JSON", "state": "JSON", "team": "JSON"},
     "ReactionCreateInput": {
         "id": "String", "emoji": "String!", "commentId": "String", "issueId": "String",
         "projectUpdateId": "String", "initiativeUpdateId": "String",
@@ -755,6 +783,14 @@ class _Issue:
     id: str
     identifier: str
     title: str
+    created_at: str = "2026-01-15T09:58:02.117Z"
+    updated_at: str = "2026-01-15T10:21:33.412Z"
+    creator: str | None = None
+    team: str = "ENG"
+    state_type: str = "unstarted"
+    labels: list[tuple[str, str]] = field(default_factory=list)
+    history: list[Json] = field(default_factory=list)
+    description: str = ""
 
 
 @dataclass
@@ -878,6 +914,21 @@ class FakeLinear:
         """Delete a comment (later updates of it are ``Entity not found: Comment``)."""
         with self._lock:
             del self._comments[comment_id]
+
+    def add_labelled_issue(self, issue_id: str, identifier: str, *, creator: str,
+                           labeler: str, label: tuple[str, str], updated_at: str,
+                           team: str = "ENG", title: str = "A missed issue",
+                           state_type: str = "unstarted") -> None:
+        """An issue carrying ``label`` (id, name), created by user ``creator`` and labelled
+        by ``labeler`` (user names), as if its webhook had never been sent."""
+        with self._lock:
+            self._issues[issue_id] = _Issue(
+                issue_id, identifier, title, updated_at=updated_at,
+                creator=self._user(creator), team=team, state_type=state_type,
+                labels=[label], description=f"{title}: the body.",
+                history=[{"id": uuid.uuid4().hex, "createdAt": updated_at,
+                          "addedLabelIds": [label[0]], "removedLabelIds": [],
+                          "actorId": self._user(labeler)}])
 
     def add_user(self, name: str, user_id: str) -> None:
         """A user with a fixed id (e.g. a fixture's creator), for sign-in."""
@@ -1106,6 +1157,7 @@ class FakeLinear:
         return {
             "viewer": lambda args, identity, path: self._users[identity],
             "issue": self._resolve_issue,
+            "issues": self._resolve_issues,
             "commentCreate": self._comment_create,
             "commentUpdate": self._comment_update,
             "reactionCreate": self._reaction_create,
@@ -1115,15 +1167,60 @@ class FakeLinear:
         issue = self._find_issue(args["id"])
         if issue is None:
             raise GraphQLError([not_found_error("Issue", path)])
+        return self._issue_object(issue)
+
+    def _issue_object(self, issue: _Issue) -> Json:
+        """An issue as a resolvable object (caller holds the lock)."""
         return {
             "id": issue.id,
             "identifier": issue.identifier,
             "title": issue.title,
             "number": float(issue.identifier.rpartition("-")[2] or 0),
-            "description": None,
+            "description": issue.description or None,
             "url": f"https://linear.app/{ORGANIZATION_KEY}/issue/{issue.identifier}",
+            "createdAt": issue.created_at,
+            "updatedAt": issue.updated_at,
+            "creator": self._users.get(issue.creator) if issue.creator else None,
+            "team": {"id": f"team-{issue.team}", "key": issue.team, "name": issue.team.title()},
+            "state": {"id": f"state-{issue.state_type}", "name": issue.state_type.title(),
+                      "type": issue.state_type},
             "comments": lambda conn_args, where: self._connection(issue, conn_args, where),
+            "labels": lambda conn_args, where: {
+                "nodes": [{"id": i, "name": n} for i, n in issue.labels]},
+            "history": lambda conn_args, where: {"nodes": [
+                {**entry, "actor": self._users.get(entry["actorId"])}
+                for entry in issue.history]},
         }
+
+    def _resolve_issues(self, args: Json, identity: Identity, path: str) -> Any:
+        """``issues(filter:)`` with the comparators a sweep uses: labels by name
+        (``eqIgnoreCase``) or id (``eq``), ``updatedAt.gte``, ``state.type.nin``,
+        ``team.key.in``; newest update first; cursor = issue id."""
+        wanted = args.get("filter") or {}
+        label = (wanted.get("labels") or {})
+        by_name = (label.get("name") or {}).get("eqIgnoreCase")
+        by_id = (label.get("id") or {}).get("eq")
+        since = ((wanted.get("updatedAt") or {}).get("gte")) or ""
+        excluded = (((wanted.get("state") or {}).get("type") or {}).get("nin")) or []
+        teams = (((wanted.get("team") or {}).get("key") or {}).get("in"))
+        found = [i for i in self._issues.values()
+                 if (by_name is None or any(n.lower() == str(by_name).lower()
+                                            for _, n in i.labels))
+                 and (by_id is None or any(lid == by_id for lid, _ in i.labels))
+                 and i.updated_at >= since and i.state_type not in excluded
+                 and (teams is None or i.team in teams)]
+        found.sort(key=lambda i: i.updated_at, reverse=True)
+        start = 0
+        if args.get("after"):
+            ids = [i.id for i in found]
+            start = ids.index(args["after"]) + 1 if args["after"] in ids else len(ids)
+        first = args.get("first") or DEFAULT_FIRST
+        page = found[start:start + first]
+        return {"nodes": [self._issue_object(i) for i in page],
+                "pageInfo": {"hasNextPage": start + first < len(found),
+                             "hasPreviousPage": start > 0,
+                             "startCursor": page[0].id if page else None,
+                             "endCursor": page[-1].id if page else None}}
 
     def _connection(self, issue: _Issue, args: Json, path: str) -> Any:
         first = args.get("first")

@@ -196,6 +196,9 @@ async def test_a_comment_made_through_the_app_is_the_bridges_own(
         async def installation_for(self, repository: str) -> int:
             return 1
 
+        async def installations(self) -> list[int]:
+            return [1]
+
         async def check(self) -> str:
             return "ok"
 

@@ -702,6 +702,49 @@ async def test_another_identity_joins_an_account_and_keeps_its_token(store: Stor
     assert await store.get_account(stray.id) is None  # left without identities
 
 
+async def test_a_sweep_is_held_by_one_owner_at_a_time(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    try:
+        await first.migrate()
+        assert await first.last_sweep("reconcile") is None
+        assert await first.claim_sweep("reconcile", "r1", now=T0, lease=60)
+        assert not await second.claim_sweep("reconcile", "r2", now=T0 + 1, lease=60)
+        assert await second.claim_sweep("other", "r2", now=T0 + 1, lease=60)  # its own name
+        await second.finish_sweep("reconcile", "r2", now=T0 + 2)  # not r2's: no effect
+        assert not await second.claim_sweep("reconcile", "r2", now=T0 + 3, lease=60)
+        await first.finish_sweep("reconcile", "r1", now=T0 + 4)
+        assert await second.last_sweep("reconcile") == T0 + 4
+        assert await second.claim_sweep("reconcile", "r2", now=T0 + 5, lease=60)
+        # A holder that died is replaced once its lease has run out.
+        assert await first.claim_sweep("reconcile", "r1", now=T0 + 66, lease=60)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_budget_is_shared_by_every_process_and_never_overspent(
+    backend: Backend,
+) -> None:
+    stores = [await backend.open() for _ in range(3)]
+    windows = [(5, 60.0), (8, 3600.0)]
+    try:
+        await stores[0].migrate()
+        waits = await asyncio.gather(*(
+            store.take_budget("github", now=T0 + i * 0.01, windows=windows)
+            for i in range(4) for store in stores))
+        assert sorted(waits)[:5] == [0.0] * 5 and all(w > 0 for w in sorted(waits)[5:])
+        assert await stores[1].take_budget("github", now=T0 + 1, windows=windows,
+                                           take=False) > 0
+        assert await stores[1].take_budget("other", now=T0 + 1, windows=windows) == 0.0
+        # A minute later the first window has room again, the hourly one for three more.
+        later = [await stores[2].take_budget("github", now=T0 + 61 + i, windows=windows)
+                 for i in range(4)]
+        assert later[:3] == [0.0] * 3 and later[3] > 3000
+    finally:
+        for store in stores:
+            await store.close()
+
+
 # -- accounts --------------------------------------------------------------------------
 
 

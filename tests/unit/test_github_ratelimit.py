@@ -331,5 +331,5 @@ async def test_deferrals_are_told_successive_slots_not_one_moment() -> None:
             pass
     assert time.now + raised.value.seconds - START == 180  # after the promised 120 and 121
     with pytest.raises(PacingDeferred) as raised:  # asking ahead of the request: the same
-        limiter.check_room(5.0)
+        await limiter.check_room(5.0)
     assert time.now + raised.value.seconds - START == 181

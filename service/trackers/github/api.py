@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from service.core.events import IssueAddress
+from service.core.events import IssueAddress, Person
 from service.errors import (
     Conflict,
     NotFound,
@@ -83,6 +83,10 @@ class GitHubAppCredential(Protocol):
 
         Raises ``PermanentError`` when the App is not installed there.
         """
+        ...
+
+    async def installations(self) -> list[int]:
+        """The ids of every installation of the App."""
         ...
 
     async def check(self) -> str:
@@ -269,6 +273,7 @@ class GitHubClient:
         self._limiter = limiter if limiter is not None else ContentRateLimiter()
         self._max_pacing_wait = max_pacing_wait
         self._own_user_id: int | None = None
+        self._repository_ids: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"GitHubClient(api_url={self._api_url!r})"
@@ -297,7 +302,7 @@ class GitHubClient:
                 f"the comment is longer than GitHub's limit of {MAX_COMMENT_CHARS} characters",
             )
         if self._max_pacing_wait is not None:  # defer before the lookups, not after them
-            self._limiter.check_room(self._max_pacing_wait)
+            await self._limiter.check_room(self._max_pacing_wait)
         owner, repo, number = _issue_coordinates(event)
         installation = await self._installation(event.installation_id, owner, repo)
         refused: str | None = None
@@ -382,6 +387,76 @@ class GitHubClient:
             self._own_user_id = user_id
         user = comment.get("user")
         return isinstance(user, dict) and user.get("id") == self._own_user_id
+
+    # -- reads for the reconciliation sweep ------------------------------------------
+
+    async def search_issues(self, query: str, installation_id: int | None) -> list[dict[str, Any]]:
+        """Every issue ``GET /search/issues`` finds for ``query`` (up to its 1,000), newest
+        update first. The caller paces calls: search allows 30 a minute."""
+        url: str | None = f"{self._api_url}/search/issues"
+        params: dict[str, str] | None = {"q": query, "sort": "updated", "order": "desc",
+                                         "per_page": str(PER_PAGE)}
+        found: list[dict[str, Any]] = []
+        for _ in range(10):
+            if url is None:
+                break
+            data, response = await self._send("GET", url, installation_id, params=params)
+            items = data.get("items") if isinstance(data, dict) else None
+            found += [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+            url, params = self._next_page(response), None
+        return found
+
+    async def repository_id(self, full_name: str, installation_id: int | None) -> int:
+        """The numeric id of ``owner/name`` (what issue keys are made of), cached."""
+        key = full_name.lower()
+        if key not in self._repository_ids:
+            data, _ = await self._send("GET", f"{self._api_url}/repos/{full_name}",
+                                       installation_id)
+            ident = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(ident, int):
+                raise TransientError(SERVICE, "GitHub's answer about the repository has no id")
+            self._repository_ids[key] = ident
+        return self._repository_ids[key]
+
+    async def labeler(self, full_name: str, number: int, label: str,
+                      installation_id: int | None) -> Person | None:
+        """Who added ``label`` to the issue last (its ``labeled`` events), if anyone."""
+        url: str | None = f"{self._api_url}/repos/{full_name}/issues/{number}/events"
+        params: dict[str, str] | None = {"per_page": str(PER_PAGE)}
+        who: Person | None = None
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            data, response = await self._send("GET", url, installation_id, params=params)
+            for event in data if isinstance(data, list) else []:
+                named = (event.get("label") or {}).get("name") if isinstance(event, dict) else None
+                actor = event.get("actor") if isinstance(event, dict) else None
+                if (event.get("event") == "labeled" and isinstance(named, str)
+                        and named.casefold() == label.casefold() and isinstance(actor, dict)
+                        and isinstance(actor.get("id"), int)):
+                    who = Person(str(actor["id"]), str(actor.get("login") or ""))
+            url, params = self._next_page(response), None
+        return who
+
+    async def installation_repositories(self, installation_id: int) -> list[str]:
+        """The full names of the repositories an App installation covers."""
+        url: str | None = f"{self._api_url}/installation/repositories"
+        params: dict[str, str] | None = {"per_page": str(PER_PAGE)}
+        names: list[str] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            data, response = await self._send("GET", url, installation_id, params=params)
+            repos = data.get("repositories") if isinstance(data, dict) else None
+            names += [str(r["full_name"]) for r in repos if isinstance(r, dict)
+                      and isinstance(r.get("full_name"), str)] if isinstance(repos, list) else []
+            url, params = self._next_page(response), None
+        return names
+
+    @property
+    def app(self) -> GitHubAppCredential | None:
+        """The App credential, when the client acts as a GitHub App."""
+        return self._auth if isinstance(self._auth, GitHubAppCredential) else None
 
     async def check(self, installation_id: int | None = None) -> str:
         """Online check for ``check-config --online``: the credential works; returns a summary.

@@ -153,6 +153,12 @@ class AppAuth:
                 self._installations[key] = await self._lookup_installation(repository)
             return self._installations[key]
 
+    async def installations(self) -> list[int]:
+        """The ids of the App's installations (``GET /app/installations``, with the JWT)."""
+        data = await self._app_call("GET", "/app/installations?per_page=100")
+        items = data if isinstance(data, list) else []
+        return [int(i["id"]) for i in items if isinstance(i, dict) and isinstance(i.get("id"), int)]
+
     async def check(self) -> str:
         """Verify the App id and private key with ``GET /app``; e.g. ``GitHub App my-app …``."""
         data = await self._app_call("GET", "/app")

@@ -8,8 +8,9 @@ integration banned) there. It does not space requests artificially: an idle
 bridge posts its comment at once, and a burst runs at full speed until a
 window is full.
 
-The window arithmetic is the pure function ``delay_needed``; the limiter only
-keeps the timestamps, a lock and an injectable clock and sleep.
+The window arithmetic is the pure function ``service.core.pacing.delay_needed``; the
+limiter only keeps the timestamps (or asks a ``Ledger`` shared by every replica), a
+lock and an injectable clock and sleep.
 """
 
 from __future__ import annotations
@@ -19,32 +20,26 @@ import bisect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
+from service.core.pacing import Window, delay_needed
 from service.errors import PacingDeferred
-
-Window = tuple[int, float]
-"""``(limit, seconds)``: at most ``limit`` requests in any ``seconds``-long span."""
 
 CONTENT_CREATION_WINDOWS: tuple[Window, ...] = ((80, 60.0), (500, 3600.0))
 
 
-def delay_needed(timestamps: Sequence[float], windows: Sequence[Window], now: float) -> float:
-    """Seconds to wait from ``now`` until one more request fits every window.
+class Ledger(Protocol):
+    """Writes recorded where every replica sees them (the store's shared budget), so that
+    together they stay under one limit: GitHub counts per token, not per process."""
 
-    ``timestamps`` are the start times of earlier requests, ascending. A
-    window ``(limit, span)`` counts the requests in ``(now - span, now]``;
-    when that is already ``limit`` or more, the new request must wait until
-    enough of the oldest ones are ``span`` seconds old. The result is the
-    largest wait over all windows, ``0.0`` when the request may go now.
-    """
-    wait = 0.0
-    for limit, span in windows:
-        start = bisect.bisect_right(timestamps, now - span)
-        in_window = len(timestamps) - start
-        if in_window >= limit:
-            oldest_to_expire = timestamps[start + in_window - limit]
-            wait = max(wait, oldest_to_expire + span - now)
-    return wait
+    async def take(self, now: float, windows: Sequence[Window]) -> float:
+        """Record one write at ``now`` if every window has room and return 0.0; else
+        record nothing and return the seconds to wait."""
+        ...
+
+    async def wait(self, now: float, windows: Sequence[Window]) -> float:
+        """The seconds one more write would wait now; records nothing."""
+        ...
 
 
 def _validate(windows: Sequence[Window]) -> tuple[Window, ...]:
@@ -59,8 +54,10 @@ class ContentRateLimiter:
     """A sliding-window limiter over several windows, serialising its callers.
 
     ``windows`` defaults to GitHub's content-creation limits (80/min,
-    500/hour). ``clock`` returns seconds (monotonic by default) and ``sleep``
-    waits that long; both are injectable so that tests need no real waiting.
+    500/hour). ``clock`` returns seconds (monotonic by default; wall-clock time with a
+    ``ledger``, whose records every replica compares) and ``sleep`` waits that long;
+    both are injectable so that tests need no real waiting. With a ``ledger`` the
+    writes are counted there, across replicas, instead of in this process.
     Callers are served one at a time in arrival order (``asyncio.Lock`` is
     FIFO). One limiter should be shared by everything that mutates GitHub
     content with the same identity.
@@ -72,8 +69,12 @@ class ContentRateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        ledger: Ledger | None = None,
     ) -> None:
         self._windows = _validate(windows)
+        self._ledger = ledger
+        # Deferred callers told slots this far apart (the tightest window's rate).
+        self._spacing = min((span / limit for limit, span in self._windows), default=0.0)
         self._longest = max((span for _, span in self._windows), default=0.0)
         self._clock = clock
         self._sleep = sleep
@@ -112,13 +113,17 @@ class ContentRateLimiter:
             await self._admit(max_wait)
             yield
 
-    def check_room(self, max_wait: float) -> None:
+    async def check_room(self, max_wait: float) -> None:
         """Raise ``PacingDeferred`` (with a slot, as ``permit`` does) if a request made
         now would wait more than ``max_wait`` seconds; count no request. Lets a caller
         give up before the reads that lead to its write (each costs a request against
         GitHub's hourly limit)."""
         now = self._clock()
-        self._defer_beyond(max_wait, delay_needed(self._timestamps, self._windows, now), now)
+        if self._ledger is not None:
+            wait = await self._ledger.wait(now, self._windows)
+        else:
+            wait = delay_needed(self._timestamps, self._windows, now)
+        self._defer_beyond(max_wait, wait, now)
 
     def recent(self) -> list[float]:
         """Start times of the requests still inside the longest window (ascending)."""
@@ -129,6 +134,15 @@ class ContentRateLimiter:
         lock); raise ``PacingDeferred`` instead if that is more than ``max_wait`` away."""
         while True:
             now = self._clock()
+            if self._ledger is not None:
+                if max_wait is not None:
+                    self._defer_beyond(max_wait, await self._ledger.wait(now, self._windows),
+                                       now)
+                wait = await self._ledger.take(now, self._windows)
+                if wait <= 0:
+                    return
+                await self._sleep(wait)
+                continue
             self._forget_before(now - self._longest)
             wait = delay_needed(self._timestamps, self._windows, now)
             if max_wait is not None:
@@ -148,8 +162,11 @@ class ContentRateLimiter:
         if wait <= max_wait:
             return
         del self._promised[: bisect.bisect_right(self._promised, now)]
-        planned = self._timestamps + self._promised  # both ascending, promised all > now
-        slot = now + delay_needed(planned, self._windows, now)
+        if self._ledger is None:
+            planned = self._timestamps + self._promised  # both ascending, promised all > now
+            slot = now + delay_needed(planned, self._windows, now)
+        else:  # the ledger knows the writes, not this process's promises: space them
+            slot = now + wait + self._spacing * len(self._promised)
         if self._promised:
             slot = max(slot, self._promised[-1])
         self._promised.append(slot)
@@ -162,6 +179,7 @@ class ContentRateLimiter:
 __all__ = [
     "CONTENT_CREATION_WINDOWS",
     "ContentRateLimiter",
+    "Ledger",
     "Window",
     "delay_needed",
 ]

@@ -359,6 +359,12 @@ class LinearClient:
         user = comment.get("user")
         return isinstance(user, dict) and user.get("id") == self._viewer_id
 
+    async def query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """Run a read-only GraphQL operation; its ``data`` (errors raised as the client
+        maps them)."""
+        data, _ = await self._graphql(query, variables)
+        return data
+
     async def check(self) -> str:
         """Online check for ``check-config --online``: the key works; returns a summary.
 
