@@ -43,6 +43,7 @@ from service.trackers.linear.api import LinearClient
 from service.trackers.linear.oauth import LinearSignIn
 from service.trackers.linear.sweep import LinearSweep
 from service.vault import Vault
+from service.web.admin import AdminApi
 from service.web.connect import ConnectPage, SignIn
 from service.web.health import MetricsEndpoint, Readiness, healthz
 from service.web.ingest import GroupCommitter
@@ -344,6 +345,10 @@ def create_app(services: Services) -> Starlette:
     ]
     if services.connect is not None:
         routes += services.connect.routes()
+    admin_token = config.security.admin_token
+    if admin_token and services.role in ("all", "web"):
+        routes += AdminApi(services.store, admin_token, services.reconciler,
+                           clock=services.clock).routes()
     if services.committer is not None:
         webhooks = WebhookEndpoint(services.intakes, services.committer,
                                    max_body_bytes=config.server.max_body_bytes,

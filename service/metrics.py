@@ -150,3 +150,9 @@ RECONCILE_FOUND = Counter(
     ["tracker", "outcome"],
     registry=REGISTRY,
 )
+ADMIN_REQUESTS = Counter(
+    "coder_bridge_admin_requests_total",
+    "Requests to /admin by outcome (ok; unauthorized: no or a wrong token; rate_limited).",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -216,6 +216,10 @@ class Store(Protocol):
         """Newest deliveries first."""
         ...
 
+    async def delivery_exists(self, delivery_id: str) -> bool:
+        """Whether a delivery with this id is stored."""
+        ...
+
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job (attempts 0) for a stored delivery whose job is not
         queued or running; False if unknown or already queued/running."""

@@ -363,6 +363,10 @@ class PostgresStore:
         rows = await self._fetch(queries.LIST_DELIVERIES, limit)
         return [delivery_record_from_row(row) for row in rows]
 
+    async def delivery_exists(self, delivery_id: str) -> bool:
+        """See ``Store.delivery_exists``."""
+        return bool(await self._fetch(queries.DELIVERY_EXISTS, delivery_id))
+
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job unless one is live; see ``SQLiteStore.requeue_delivery``."""
         return await self._execute(queries.REQUEUE_DELIVERY, delivery_id, now) == 1

@@ -83,6 +83,7 @@ WHERE d.kind <> 'check'
 ORDER BY d.id DESC
 LIMIT $1
 """
+DELIVERY_EXISTS = "SELECT 1 FROM deliveries WHERE delivery_id = $1 AND kind <> 'check' LIMIT 1"
 # A fresh job for the newest delivery with this id unless one of its jobs is live; a
 # concurrent requeue of the same delivery meets jobs_one_active_per_delivery and adds
 # nothing.

@@ -470,6 +470,10 @@ class SQLiteStore:
         rows = await self._fetchall(_Q["LIST_DELIVERIES"], (limit,))
         return [delivery_record_from_row(row) for row in rows]
 
+    async def delivery_exists(self, delivery_id: str) -> bool:
+        """See ``Store.delivery_exists``."""
+        return await self._fetchone(_Q["DELIVERY_EXISTS"], (delivery_id,)) is not None
+
     async def requeue_delivery(self, delivery_id: str, *, now: float) -> bool:
         """Enqueue a fresh job (attempts 0, ``run_at = now``) for the delivery unless
         it has a queued or running job. False if unknown or already live. Should two

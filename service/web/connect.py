@@ -19,7 +19,6 @@ put in a page, a URL, a log line or an error.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from service.logging import get_logger
 from service.oauth import OAuthTokens
 from service.store.base import Account, Identity, Store
 from service.vault import Vault
+from service.web.limits import SlidingWindow
 from service.web.sessions import Identity as SignedIn, Session, Sessions
 
 log = get_logger("service.web.connect")
@@ -64,26 +64,6 @@ class SignIn(Protocol):
 
 
 @dataclass
-class Attempts:
-    """A sliding window of attempts per key (a session, an address)."""
-
-    limit: int
-    window: float = 60.0
-    seen: dict[str, deque[float]] = field(default_factory=dict)
-
-    def allow(self, key: str, now: float) -> bool:
-        times = self.seen.setdefault(key, deque())
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) >= self.limit:
-            return False
-        times.append(now)
-        if len(self.seen) > 10_000:  # forget idle keys; a flood must not grow memory
-            self.seen = {k: v for k, v in self.seen.items() if v}
-        return True
-
-
-@dataclass
 class ConnectPage:
     """The page and its form handlers. ``sign_in`` has the configured providers."""
 
@@ -96,7 +76,8 @@ class ConnectPage:
     sign_in: Mapping[str, SignIn]
     coder_oauth: CoderOAuth | None = None
     clock: Callable[[], float] = time.time
-    attempts: Attempts = field(default_factory=lambda: Attempts(TOKEN_ATTEMPTS_PER_MINUTE))
+    attempts: SlidingWindow = field(
+        default_factory=lambda: SlidingWindow(TOKEN_ATTEMPTS_PER_MINUTE))
     env: jinja2.Environment = field(init=False)
     origin: str = field(init=False)
     css: str = field(init=False)

@@ -46,12 +46,14 @@ def fakes() -> Iterator[tuple[FakeCoder, str, FakeGitHub, str]]:
 
 
 def make_config(tmp_path: Path, coder_url: str, github_url: str, *, github: bool = True,
-                sync_interval: float = 15, extra_github: str = "") -> Config:
+                sync_interval: float = 15, extra_github: str = "",
+                admin_token: str = "") -> Config:
     text = f"""
 [storage]
 url = "sqlite:///{tmp_path / 'bridge.db'}"
 [security]
 encryption_keys = ["{ENCRYPTION_KEY}"]
+admin_token = "{admin_token}"
 [coder]
 url = "{coder_url}"
 template = "tasks-docker"
