@@ -372,7 +372,11 @@ def check_config(path: Path) -> list[str]:
             return [f"{path}: {p}" for p in exc.problems]
     if config.server.host != "0.0.0.0" or config.server.port != 8080:  # noqa: S104
         problems.append(f"{path}: must listen on 0.0.0.0:8080 (EXPOSE, probes, Service)")
-    if config.storage.url != "sqlite:////var/lib/coder-bridge/coder-bridge.db":
+    scaled = path.parent.name == "scaled"
+    if scaled and not config.storage.url.startswith("postgresql://"):
+        problems.append(f"{path}: the scaled-out deployment needs PostgreSQL "
+                        "(storage.url = \"env:CODER_BRIDGE_DATABASE_URL\")")
+    if not scaled and config.storage.url != "sqlite:////var/lib/coder-bridge/coder-bridge.db":
         problems.append(f"{path}: storage.url must be the SQLite file on the volume, "
                         "sqlite:////var/lib/coder-bridge/coder-bridge.db")
     if config.github is None:

@@ -37,7 +37,7 @@ for tool in hadolint yamllint kubernetes-validate check-jsonschema shellcheck py
 done
 
 K8S_DIR=deploy/kubernetes
-mapfile -t K8S_MANIFESTS < <(find "$K8S_DIR" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml | sort)
+mapfile -t K8S_MANIFESTS < <(find "$K8S_DIR" -maxdepth 2 -name '*.yaml' ! -name kustomization.yaml | sort)
 mapfile -t YAML_FILES < <(find deploy -name '*.yml' -o -name '*.yaml' | sort)
 
 step "hadolint deploy/Dockerfile"
@@ -77,10 +77,12 @@ for version in $K8S_VERSIONS; do
 done
 
 step "kustomization.yaml: resources exist, all manifests listed, example Secret not"
-run kustomization "$BIN/python" deploy/check_rules.py kustomization "$K8S_DIR/kustomization.yaml"
+run kustomization "$BIN/python" deploy/check_rules.py kustomization "$K8S_DIR/kustomization.yaml" \
+    "$K8S_DIR/scaled/kustomization.yaml"
 
-step "container configs load with service.config and match the image (0.0.0.0:8080, SQLite on the volume)"
-run configs "$BIN/python" deploy/check_rules.py configs deploy/config.container.toml "$K8S_DIR/configmap.yaml"
+step "container configs load with service.config and match the image (0.0.0.0:8080; SQLite on the volume, or PostgreSQL when scaled)"
+run configs "$BIN/python" deploy/check_rules.py configs deploy/config.container.toml "$K8S_DIR/configmap.yaml" \
+    "$K8S_DIR/scaled/configmap.yaml"
 
 step "Prometheus rules (promtool is not on PyPI: deploy/check_rules.py)"
 run "prometheus rules" "$BIN/python" deploy/check_rules.py rules deploy/prometheus/alerts.yml

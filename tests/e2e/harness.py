@@ -142,6 +142,8 @@ token = "env:GITHUB_TOKEN"
 trigger_label = "bug"
 status_labels = {str(s.get("status_labels", False)).lower()}
 repositories = {json.dumps(s.get("repositories", []))}
+comments_per_minute = {s.get("comments_per_minute", 80)}
+comments_per_hour = {s.get("comments_per_hour", 500)}
 {self._oauth_keys("github", "oauth_client", self.github_url)}
 
 [linear]
