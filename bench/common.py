@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 
 from tests.conftest import FIXTURES, GITHUB_SECRET, sign_github  # noqa: E402
 from tests.fakes.coder import FakeCoder  # noqa: E402
-from tests.fakes.github import DEFAULT_TOKEN, FakeGitHub  # noqa: E402
+from tests.fakes.github import CONTENT_LIMITS, DEFAULT_TOKEN, FakeGitHub  # noqa: E402
 from tests.fakes.server import free_port, serve_in_thread  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -287,12 +287,14 @@ class RecordingGitHub(FakeGitHub):
         self.link_prefix = link_prefix
         self.linked_at: dict[int, float] = {}  # issue number → perf_counter()
         self.comment_count = 0
+        self.write_times: list[float] = []  # perf_counter() of each creation or edit
         self.changed = threading.Condition()
 
     def _seen(self, number: int, body: str) -> None:
         now = time.perf_counter()
         with self.changed:
             self.comment_count += 1
+            self.write_times.append(now)
             if self.link_prefix in body and number not in self.linked_at:
                 self.linked_at[number] = now
             self.changed.notify_all()
@@ -331,18 +333,43 @@ class Fakes:
 
 
 @contextlib.contextmanager
-def running_fakes(issue_numbers: Sequence[int]) -> Iterator[Fakes]:
-    """Coder (Tasks API) and GitHub fakes on loopback threads; every issue exists."""
+def running_fakes(issue_numbers: Sequence[int], *, content_limits: bool = False
+                  ) -> Iterator[Fakes]:
+    """Coder (Tasks API) and GitHub fakes on loopback threads; every issue exists. With
+    ``content_limits`` GitHub refuses writes beyond 80 a minute or 500 an hour (403)."""
     coder = FakeCoder("tasks")
     coder.add_template("default", TEMPLATE)
     port = free_port()
     coder_url = f"http://127.0.0.1:{port}"
     github = RecordingGitHub(f"{coder_url}/tasks/", rate_limit=10**9)
+    if content_limits:
+        github.content_limits = CONTENT_LIMITS
     for number in issue_numbers:
         github.add_issue(REPOSITORY, number)
     with serve_in_thread(coder.app(), port) as url, serve_in_thread(github) as github_url:
         assert url == coder_url
         yield Fakes(coder, github, coder_url, github_url)
+
+
+def postgres_schema(cleanup: Cleanup, server_url: str) -> str:
+    """A fresh schema on ``server_url`` (dropped on cleanup); a URL that selects it."""
+    import asyncpg  # only the PostgreSQL runs need it
+
+    schema = f"bench_{os.getpid()}_{int(time.time())}"
+
+    def run(sql: str) -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(server_url)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+        asyncio.run(go())
+
+    run(f"CREATE SCHEMA {schema}")
+    cleanup.callback(lambda: run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    separator = "&" if "?" in server_url else "?"
+    return f"{server_url}{separator}search_path={schema}"
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -354,6 +381,11 @@ class BridgeSettings:
     poll_interval: float = 1.0
     lease_seconds: int = 120
     sync_interval: float = 15.0
+    #: GitHub's content limits as the bridge paces itself (0 and 0: no pacing at all)
+    comments_per_minute: int = 0
+    comments_per_hour: int = 0
+    #: ``storage.url``; empty: SQLite in the bridge's temporary directory
+    storage_url: str = ""
 
 
 @dataclass
@@ -394,6 +426,7 @@ class Bridge:
 
     def write_config(self) -> None:
         s = self.settings
+        storage_url = s.storage_url or f"sqlite:///{self.db_path}"
         self.config_path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -401,7 +434,7 @@ port = {self.port}
 public_url = "https://bridge.example.test"
 
 [storage]
-url = "sqlite:///{self.db_path}"
+url = "{storage_url}"
 
 [security]
 encryption_keys = ["env:CODER_BRIDGE_KEY"]
@@ -417,9 +450,9 @@ webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
 api_url = "{s.github_url}"
 token = "env:GITHUB_TOKEN"
 trigger_label = "{TRIGGER_LABEL}"
-# the content limiter (GitHub's secondary limits) is disabled for the benchmark
-comments_per_minute = 0
-comments_per_hour = 0
+# GitHub's content limits as the bridge paces itself (0 = off)
+comments_per_minute = {s.comments_per_minute}
+comments_per_hour = {s.comments_per_hour}
 
 [worker]
 concurrency = {s.concurrency}

@@ -17,9 +17,19 @@ first carries a comment with the task link, so nothing polls.
     comment, for each ``worker.concurrency`` in ``--concurrency`` (default 4,16).
 
 The content limiter (``github.comments_per_minute``/``comments_per_hour``) is
-disabled (0) in the benchmark's configuration.
+disabled (0) in (a) and (b).
+
+(c) ``--limited``: instead of (a) and (b), the burst with GitHub's content limits on
+    both sides: the bridge paces itself at its defaults (80 writes a minute, 500 an
+    hour) and the GitHub fake refuses any write beyond them with a secondary-limit 403.
+    Reports the time to the last task, to the last comment, the most writes GitHub saw
+    in any minute and any hour, and its 403/429 answers. A 1,000-issue burst takes
+    over an hour (the second 500 comments wait for the first hour to pass), on each of
+    ``--stores``: ``sqlite`` (one ``--role all``) and ``postgres`` (one ``--role web``
+    and two ``--role worker`` on a fresh schema of ``--postgres-url``).
 
     .venv/bin/python bench/e2e.py [--issues 50] [--burst 1000] [--concurrency 4,16] [--json]
+    .venv/bin/python bench/e2e.py --limited [--stores sqlite,postgres] [--burst 1000]
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from common import (
     log,
     percentile,
     post_delivery,
+    postgres_schema,
     print_profile,
     python_load,
     run_async,
@@ -78,6 +89,19 @@ def parse_args() -> argparse.Namespace:
                         help="worker.concurrency values of the burst test (default 4,16)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="give up waiting for the burst's comments after this many seconds")
+    parser.add_argument("--limited", action="store_true",
+                        help="run only the burst with GitHub's content limits on (over an "
+                             "hour for 1,000 issues)")
+    parser.add_argument("--stores", default="sqlite,postgres",
+                        help="stores of the --limited burst (default sqlite,postgres)")
+    parser.add_argument("--postgres-url", default=os.environ.get(
+                            "CODER_BRIDGE_TEST_POSTGRES_URL",
+                            "postgresql://postgres@127.0.0.1:5432/test"),
+                        help="the PostgreSQL server of --stores postgres (a schema is made "
+                             "and dropped)")
+    parser.add_argument("--limited-timeout", type=float, default=4800.0,
+                        help="give up waiting for the --limited burst's comments after this "
+                             "many seconds (default 4800)")
     parser.add_argument("--profile", metavar="DIR",
                         help="run py-spy on the service for the first --profile-seconds of "
                              "each burst; writes DIR/e2e-burst-c<N>.collapsed")
@@ -203,12 +227,87 @@ def burst_test(cleanup: Cleanup, args: argparse.Namespace, concurrency: int) -> 
     }
 
 
+def most_in_any(times: list[float], span: float) -> int:
+    """The most of ``times`` (ascending) that fall within any ``span`` seconds."""
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= span:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def limited_test(cleanup: Cleanup, args: argparse.Namespace, store: str) -> dict[str, Any]:
+    """The burst with GitHub's content limits on: the bridge's pacing against a GitHub
+    fake that refuses what passes them."""
+    numbers = list(range(200_001, 200_001 + args.burst))
+    log(f"  signing {args.burst} deliveries ...")
+    deliveries = labeled_deliveries(numbers)
+    with running_fakes(numbers, content_limits=True) as fakes:
+        storage_url = postgres_schema(cleanup, args.postgres_url) if store == "postgres" else ""
+        settings = BridgeSettings(fakes.coder_url, fakes.github_url, comments_per_minute=80,
+                                  comments_per_hour=500, storage_url=storage_url)
+        roles = ["all"] if store == "sqlite" else ["web", "worker", "worker"]
+        bridges = [Bridge(temp_dir(cleanup, f"bench-e2e-limited-{store}-{i}-"), settings)
+                   for i in range(len(roles))]
+        bridges[0].link_author(fakes.coder)
+        try:
+            for bridge, role in zip(bridges, roles, strict=True):
+                bridge.start(cleanup, role=role)
+            first_send: list[float] = []
+            log(f"  sending {args.burst} deliveries over {args.connections} connections ...")
+            result: LoadResult = run_async(python_load(
+                bridges[0].port, deliveries, prefix="limited", connections=args.connections,
+                total=len(deliveries),
+                on_first_send=lambda: first_send.append(time.perf_counter())))
+            start = first_send[0]
+            sent_all = time.perf_counter() - start
+            log("  waiting for the tasks ...")
+            deadline = start + args.limited_timeout
+            while len(fakes.coder.tasks) < len(numbers) and time.perf_counter() < deadline:
+                time.sleep(0.05)
+            last_task = time.perf_counter() - start
+            tasks = len(fakes.coder.tasks)
+            log(f"  {tasks} tasks after {last_task:.1f} s; waiting for the comments ...")
+            done = False
+            while not done and time.perf_counter() < deadline:
+                done = fakes.github.wait_linked(len(numbers), timeout=60)
+                log(f"  {len(fakes.github.linked_at)} issues commented after "
+                    f"{time.perf_counter() - start:.0f} s")
+            with fakes.github.changed:
+                linked = sorted(fakes.github.linked_at.values())
+                writes = sorted(fakes.github.write_times)
+            refused = fakes.github.status_count(403, 429)
+        finally:
+            for bridge in reversed(bridges):
+                bridge.stop()
+    return {
+        "store": store, "processes": roles, "issues": len(numbers),
+        "answered_200": result.ok200, "non2xx": result.non2xx, "send_s": round(sent_all, 2),
+        "tasks": tasks, "last_task_s": round(last_task, 1),
+        "commented": len(linked), "completed": done,
+        "last_comment_s": round(linked[-1] - start, 1) if linked else None,
+        "commented_first_minute": sum(1 for t in linked if t - start <= 60),
+        "comment_writes": len(writes),
+        "most_writes_in_a_minute": most_in_any(writes, 60.0),
+        "most_writes_in_an_hour": most_in_any(writes, 3600.0),
+        "github_403_429": refused,
+    }
+
+
 def main() -> int:
     args = parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    results: dict[str, Any] = {"latency": [], "burst": []}
+    results: dict[str, Any] = {"latency": [], "burst": [], "limited": []}
     with Cleanup() as cleanup:
         try:
+            if args.limited:
+                for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
+                    log(f"limited burst: {args.burst} issues on {store}, GitHub's content "
+                        "limits on ...")
+                    results["limited"].append(limited_test(cleanup, args, store))
+                report(args, results)
+                return 0
             polls = [args.poll_interval]
             if args.compare_poll > 0 and args.compare_poll != args.poll_interval:
                 polls.append(args.compare_poll)
@@ -229,6 +328,19 @@ def main() -> int:
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
+        return
+    for r in results["limited"]:
+        status = "" if r["completed"] else f" (INCOMPLETE after {args.limited_timeout:g} s)"
+        print(f"burst of {r['issues']} issues with GitHub's content limits on, {r['store']} "
+              f"({' + '.join(r['processes'])}): sent in {r['send_s']:.1f} s "
+              f"({r['answered_200']} answered 200, {r['non2xx']} non-2xx); last task after "
+              f"{r['last_task_s']:.1f} s ({r['tasks']} tasks); last comment after "
+              f"{r['last_comment_s']} s ({r['commented']} issues commented, "
+              f"{r['commented_first_minute']} in the first minute){status}; GitHub saw "
+              f"{r['comment_writes']} comment writes, at most {r['most_writes_in_a_minute']} "
+              f"in a minute and {r['most_writes_in_an_hour']} in an hour, and answered "
+              f"{r['github_403_429']} times 403/429")
+    if results["limited"]:
         return
     print("content limiter disabled (github.comments_per_minute = comments_per_hour = 0); "
           "fakes on loopback with zero added latency, in the benchmark's process")

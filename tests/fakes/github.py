@@ -21,6 +21,10 @@ What it does like GitHub:
 - ``x-ratelimit-*`` headers on every response, counted per token; when the
   budget (``rate_limit`` per hour) is spent, 403 with ``remaining 0``.
   ``GET /rate_limit`` is free, as on GitHub.
+- with ``content_limits = CONTENT_LIMITS``, GitHub's content-creation limit (80
+  mutating requests a minute, 500 an hour, per token, on the fake's clock): a
+  request beyond it gets the secondary-limit 403; ``status_count(403, 429)`` tells
+  how many such answers were given.
 
 GitHub App authentication (after ``configure_app``):
 
@@ -106,6 +110,14 @@ SECONDARY_LIMIT_MESSAGE = (
     "again. If you reach out to GitHub Support for help, please include the request ID "
     "0000:FAKE."
 )
+SECONDARY_LIMIT_BODY = {
+    "message": SECONDARY_LIMIT_MESSAGE,
+    "documentation_url": f"{DOCS}/overview/rate-limits-for-the-rest-api"
+    "#about-secondary-rate-limits",
+}
+#: GitHub's content-creation limit (secondary): 80 a minute and 500 an hour.
+CONTENT_LIMITS = ((80, 60.0), (500, 3600.0))
+MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 _STATUS_MESSAGES = {
     400: "Problems parsing JSON",
     401: "Bad credentials",
@@ -197,6 +209,11 @@ def github_error(status: int, message: str | None = None, **extra: Any) -> JSONR
     return JSONResponse(body, status_code=status)
 
 
+def secondary_limit_response() -> JSONResponse:
+    """GitHub's 403 for a secondary limit: the message, and requests still left."""
+    return JSONResponse({**SECONDARY_LIMIT_BODY, "status": "403"}, status_code=403)
+
+
 class FakeGitHub:
     """In-memory GitHub REST API (issue comments, ``/rate_limit``) as an ASGI app.
 
@@ -245,6 +262,12 @@ class FakeGitHub:
         self._issue_data: dict[tuple[str, int], dict[str, Any]] = {}
         self._issue_events: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         self._searches: dict[Identity, deque[float]] = defaultdict(deque)
+        #: GitHub's content-creation limit, enforced when set: ``(limit, seconds)``
+        #: windows over each identity's mutating requests (GitHub: ``CONTENT_LIMITS``);
+        #: a request that would pass one is refused with a secondary-limit 403.
+        self.content_limits: tuple[tuple[int, float], ...] = ()
+        self._content_writes: dict[Identity, deque[float]] = defaultdict(deque)
+        self._statuses: dict[int, int] = defaultdict(int)
         #: Search's own budget: requests a minute per token (GitHub: 30).
         self.search_limit = 30
         self._oauth_apps: dict[str, str] = {}  # client id → secret
@@ -372,13 +395,42 @@ class FakeGitHub:
             if isinstance(identity, Response):
                 return self._with_limits(identity, "")
             if counts and not self._spend(identity):
-                return self._with_limits(self._primary_limit_response(identity), identity)
+                return self._count(self._with_limits(self._primary_limit_response(identity),
+                                                     identity))
+            if counts and request.method in MUTATING and not self._content_room(identity):
+                return self._count(self._with_limits(secondary_limit_response(), identity))
             response = await handler(request, identity)
             if injection is not None:
-                return self._injected(injection, request)
-            return self._with_limits(response, identity)
+                return self._count(self._injected(injection, request))
+            return self._count(self._with_limits(response, identity))
 
         return run
+
+    def _count(self, response: Response) -> Response:
+        with self._lock:
+            self._statuses[response.status_code] += 1
+        return response
+
+    def _content_room(self, identity: Identity) -> bool:
+        """Record one content-creating request unless a ``content_limits`` window is full."""
+        with self._lock:
+            if not self.content_limits:
+                return True
+            now = self._clock()
+            writes = self._content_writes[identity]
+            longest = max(span for _, span in self.content_limits)
+            while writes and writes[0] <= now - longest:
+                writes.popleft()
+            for limit, span in self.content_limits:
+                if sum(1 for t in writes if t > now - span) >= limit:
+                    return False
+            writes.append(now)
+            return True
+
+    def status_count(self, *statuses: int) -> int:
+        """How many answers (injected failures included) had one of ``statuses``."""
+        with self._lock:
+            return sum(self._statuses[s] for s in statuses)
 
     # -- auth -----------------------------------------------------------------
 
@@ -587,7 +639,7 @@ class FakeGitHub:
     def reactions(self, comment_id: int) -> list[dict[str, Any]]:
         """The reactions on a comment, oldest first (copies)."""
         with self._lock:
-            return json.loads(json.dumps(self._reactions.get(comment_id, [])))
+            return [dict(r) for r in json.loads(json.dumps(self._reactions.get(comment_id, [])))]
 
     def labels(self, full_name: str, number: int) -> list[str]:
         """The names of the labels on an issue, in the order they were added."""
@@ -660,12 +712,7 @@ class FakeGitHub:
     ) -> None:
         """Next call(s): a secondary limit (message, remaining > 0, optional ``retry-after``)."""
         headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
-        body = {
-            "message": SECONDARY_LIMIT_MESSAGE,
-            "documentation_url": f"{DOCS}/overview/rate-limits-for-the-rest-api"
-            "#about-secondary-rate-limits",
-        }
-        self.fail_next(route, status, headers=headers, body=body, times=times)
+        self.fail_next(route, status, headers=headers, body=SECONDARY_LIMIT_BODY, times=times)
 
     def delay_next(self, route: str, seconds: float) -> None:
         """Hold the next call of ``route`` for ``seconds`` before handling it."""

@@ -11,7 +11,7 @@ import pytest
 from service.core.events import IssueEvent, Person
 from service.errors import NotFound, PermanentError, RateLimited, TokenRejected, TransientError
 from service.trackers.github.api import GitHubClient, TokenAuth
-from tests.fakes.github import DEFAULT_LOGIN, DEFAULT_TOKEN, FakeGitHub
+from tests.fakes.github import CONTENT_LIMITS, DEFAULT_LOGIN, DEFAULT_TOKEN, FakeGitHub
 from tests.fakes.server import serve_in_thread
 
 NOW = 1_768_472_000.0
@@ -306,3 +306,34 @@ async def test_fake_create_answers_201_with_location(
 def test_fake_refuses_injection_for_unknown_routes(fake: FakeGitHub) -> None:
     with pytest.raises(ValueError, match="unknown route"):
         fake.fail_next("create_commment", 500)
+
+
+async def test_fake_enforces_the_content_creation_limit_per_token(
+    http: httpx.AsyncClient,
+) -> None:
+    """80 mutating requests a minute and 500 an hour pass; the next one gets GitHub's
+    secondary-limit 403 (requests still left), reads pass, and the window slides."""
+    now = [NOW]
+    fake = FakeGitHub(clock=lambda: now[0])
+    fake.content_limits = CONTENT_LIMITS
+    auth = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
+    with serve_in_thread(fake) as url:
+        async def post() -> httpx.Response:
+            return await http.post(f"{url}{COMMENTS_PATH}", headers=auth, json={"body": "c"})
+
+        for _ in range(80):
+            assert (await post()).status_code == 201
+        refused = await post()
+        assert refused.status_code == 403
+        assert refused.json()["message"].startswith("You have exceeded a secondary rate limit")
+        assert int(refused.headers["x-ratelimit-remaining"]) > 0
+        assert (await http.get(f"{url}{COMMENTS_PATH}", headers=auth)).status_code == 200
+        for minute in range(1, 7):  # 80 more each minute, until 500 in the hour
+            now[0] = NOW + 60 * minute
+            for _ in range(min(80, 500 - 80 * minute)):
+                assert (await post()).status_code == 201
+        assert (await post()).status_code == 403  # 500 within the hour
+        now[0] = NOW + 3600  # the first minute's 80 are an hour old
+        assert (await post()).status_code == 201
+    assert fake.status_count(403, 429) == 2
+    assert len(fake.comments(REPO, 1)) == 501
