@@ -22,6 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from service.coder.base import CoderUser
@@ -69,6 +70,39 @@ def access_token(vault: Vault, account: Account) -> str:
     if account.token_kind == "oauth":
         return open_pair(vault, account).access_token
     return vault.decrypt(account.key_id, account.ciphertext, owner=account.coder_user_id)
+
+
+def opens(vault: Vault, account: Account) -> bool:
+    """Whether a configured key opens the account's stored token."""
+    try:
+        access_token(vault, account)
+    except VaultError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class TokenAudit:
+    """Which stored tokens the configured encryption keys open."""
+
+    stored: int
+    #: Coder usernames whose token no configured key opens
+    unopened: tuple[str, ...]
+    #: the key ids those tokens are under that ``security.encryption_keys`` lacks
+    missing_keys: tuple[str, ...]
+
+    @property
+    def none_open(self) -> bool:
+        """Tokens are stored and not one of them can be used."""
+        return self.stored > 0 and len(self.unopened) == self.stored
+
+
+async def audit_tokens(store: Store, vault: Vault) -> TokenAudit:
+    """Try every stored token with the configured keys (nothing is sent anywhere)."""
+    accounts = [account for account, _ in await store.list_accounts()]
+    unopened = [a for a in accounts if not opens(vault, a)]
+    missing = sorted({a.key_id for a in unopened} - set(vault.key_ids))
+    return TokenAudit(len(accounts), tuple(a.coder_username for a in unopened), tuple(missing))
 
 
 async def connect(

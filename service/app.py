@@ -20,13 +20,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from service.accounts import CoderTokens
+from service.accounts import CoderTokens, audit_tokens
 from service.coder.detect import ApiDetector, backend_factory
 from service.coder.oauth2 import CoderOAuth
 from service.config import Config
 from service.core.events import Change, Comment, Decision, Ignored, Trigger
 from service.core.pacing import Window
-from service.errors import ConfigError, InvalidConfig
+from service.errors import ConfigError, InvalidConfig, StoreError
 from service.http import build_http_client
 from service.logging import get_logger
 from service.store import open_store
@@ -241,6 +241,7 @@ async def build_services(
         if migrate:
             await store.migrate()
         vault = load_vault(config)
+        await _audit_tokens(store, vault)
         http = build_http_client(remote_services(config), timeout=config.coder.timeout)
         return _wire(Services(config=config, store=store, vault=vault, http=http, role=role,
                               clock=clock), trackers)
@@ -249,6 +250,23 @@ async def build_services(
             await http.aclose()
         await store.close()
         raise
+
+
+async def _audit_tokens(store: Store, vault: Vault) -> None:
+    """Say loudly at start when configured keys do not open stored tokens (a rotation
+    that dropped the old key, another deployment's key on this database): found now,
+    not on the first labelled issue."""
+    try:
+        audit = await audit_tokens(store, vault)
+    except StoreError as exc:  # e.g. the schema is behind with --no-migrate: /readyz says so
+        log.warning("token_audit_skipped", error=str(exc))
+        return
+    if audit.unopened:
+        log.error("tokens_undecryptable", stored=audit.stored, unopened=len(audit.unopened),
+                  accounts=list(audit.unopened), missing_keys=list(audit.missing_keys),
+                  note="no key in security.encryption_keys opens these tokens: add the key "
+                       "they were encrypted with (then `coder-bridge keys rotate`), or these "
+                       "people must connect again; their issues fail until then")
 
 
 def build_reconciler(config: Config, store: Store, trackers: Mapping[str, IssueTracker], *,
@@ -335,13 +353,14 @@ def create_app(services: Services) -> Starlette:
         store=services.store,
         worker_heartbeat=(lambda: worker.heartbeat) if worker is not None else None,
         heartbeat_max_age=max(30.0, 5 * config.worker.poll_interval),
+        key_ids=services.vault.key_ids,
         clock=services.clock,
     )
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readiness.handle, methods=["GET"]),
-        Route("/metrics", MetricsEndpoint(services.store, services.clock).handle,
-              methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(services.store, services.vault.key_ids,
+                                          services.clock).handle, methods=["GET"]),
     ]
     if services.connect is not None:
         routes += services.connect.routes()

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
+import json
 import os
+import resource
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 import uvicorn
 
-from service.accounts import access_token, connect
+from service import checks
+from service.accounts import connect, opens
 from service.coder.client import CoderClient
-from service.coder.detect import describe
-from service.config import Config, load_config, resolve_config_path
+from service.config import EVERYTHING, STORE_ONLY, Config, load_config, resolve_config_path
 from service.core.events import IssueEvent
 from service.core.prompt import issue_reference
 from service.core.work import STATE_FILTERS
@@ -32,7 +37,7 @@ from service.errors import BridgeError, InvalidConfig, RemoteError, TokenRejecte
 from service.logging import configure_logging, get_logger
 from service.store import open_store
 from service.store.base import Identity, Store
-from service.vault import Vault, rotate
+from service.vault import rotate
 from service.web.connections import guarded_protocol
 
 if TYPE_CHECKING:  # service.app is imported lazily: most commands need little of it
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run both halves (default) or only one, for scaled-out deployments")
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply schema migrations on start")
+    serve.add_argument("--host", help="listen on this address (overrides server.host)")
+    serve.add_argument("--port", type=_port, help="listen on this port (overrides server.port)")
 
     check = commands.add_parser("check-config", parents=[common],
                                 help="validate the configuration")
@@ -74,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--github-id", type=_positive_int, metavar="N",
                       help="numeric GitHub user id")
     link.add_argument("--github-login", metavar="NAME", help="GitHub login (informational)")
-    link.add_argument("--linear-id", metavar="UUID", help="Linear user id")
+    link.add_argument("--linear-id", type=_uuid, metavar="UUID",
+                      help="Linear user id (a UUID)")
     source = link.add_mutually_exclusive_group(required=True)
     source.add_argument("--coder-token-stdin", action="store_true",
                         help="read the Coder token from standard input")
@@ -84,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     unlink = users_sub.add_parser("unlink", parents=[common], help="remove a link")
     target = unlink.add_mutually_exclusive_group(required=True)
     target.add_argument("--github-id", type=_positive_int, metavar="N")
-    target.add_argument("--linear-id", metavar="UUID")
+    target.add_argument("--linear-id", type=_uuid, metavar="UUID")
     target.add_argument("--coder-user", metavar="NAME")
     allow = users_sub.add_parser(
         "allow-others", parents=[common],
         help="whether others may delegate this person's issues to their Coder account")
     whom = allow.add_mutually_exclusive_group(required=True)
     whom.add_argument("--github-id", type=_positive_int, metavar="N")
-    whom.add_argument("--linear-id", metavar="UUID")
+    whom.add_argument("--linear-id", type=_uuid, metavar="UUID")
     whom.add_argument("--coder-user", metavar="NAME")
     switch = allow.add_mutually_exclusive_group(required=True)
     switch.add_argument("--on", dest="allow", action="store_true", default=None)
@@ -107,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                metavar="ACTION")
     listing = deliveries_sub.add_parser("list", parents=[common], help="recent deliveries")
     listing.add_argument("--limit", type=_positive_int, default=50)
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON object (as GET /admin/deliveries answers)")
     retry = deliveries_sub.add_parser("retry", parents=[common],
                                       help="run a stored delivery again")
     retry.add_argument("delivery_id", metavar="ID")
@@ -125,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _uuid(text: str) -> str:
+    """A Linear user id: a UUID (Linear's ids are), lower-cased."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Linear user id (a UUID such as "
+            "5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10; a display name or an email does not "
+            "work)") from None
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -138,6 +166,7 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    _no_core_dumps()
     configure_logging()
     try:
         config = _load(args)
@@ -153,9 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _no_core_dumps() -> None:
+    """A crash must not write the process's memory, decrypted tokens included, to disk."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def _load(args: argparse.Namespace) -> Config:
     path = resolve_config_path(getattr(args, "config", None), os.environ)
-    config = load_config(path)
+    config = load_config(path, needs=_needs(args))
     if config.is_development_default and args.command in ("serve", "check-config"):
         print("WARNING: no config file found: using built-in development defaults "
               "(SQLite under ./data/, 127.0.0.1:8080). No tracker is configured, so no "
@@ -164,49 +198,82 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _needs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The configuration a command uses: the commands that do not serve resolve no
+    tracker secrets (``users list`` works without ``GITHUB_TOKEN``)."""
+    if args.command in ("serve", "check-config", "reconcile"):
+        return EVERYTHING
+    if args.command == "users" and args.users_command == "link":
+        return (*STORE_ONLY, "coder.url", "coder.timeout")  # the token is checked with Coder
+    return STORE_ONLY
+
+
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     command: str = args.command
     if command == "serve":
-        return _serve(config, role=cast("Role", args.role), migrate=not args.no_migrate)
+        return _serve(config, role=cast("Role", args.role), migrate=not args.no_migrate,
+                      host=args.host or config.server.host,
+                      port=args.port or config.server.port)
     if command == "check-config":
         return _check_config(config, online=args.online)
     handlers: dict[str, Callable[[Store], Awaitable[int]]] = {
         "migrate": _migrate,
         "users.link": lambda store: _users_link(store, config, args),
-        "users.list": _users_list,
+        "users.list": lambda store: _users_list(store, config),
         "users.unlink": lambda store: _users_unlink(store, args),
         "users.allow-others": lambda store: _users_allow_others(store, args),
         "keys.rotate": lambda store: _keys_rotate(store, config),
-        "deliveries.list": lambda store: _deliveries_list(store, args.limit),
+        "deliveries.list": lambda store: _deliveries_list(store, args.limit, as_json=args.json),
         "deliveries.retry": lambda store: _deliveries_retry(store, args.delivery_id),
         "delegations.list": lambda store: _delegations_list(store, args.state, args.limit),
         "reconcile": lambda store: _reconcile(store, config),
     }
     sub = getattr(args, f"{command}_command", None)
-    return asyncio.run(_with_store(config, handlers[f"{command}.{sub}" if sub else command],
-                                   migrate=command != "migrate"))
+    name = f"{command}.{sub}" if sub else command
+    schema: SchemaUse = ("as_is" if command == "migrate" else
+                         "current" if name in READERS else "migrate")
+    return asyncio.run(_with_store(config, handlers[name], schema=schema))
+
+
+SchemaUse = Literal["as_is", "current", "migrate"]
+#: Commands that only read: they never change the schema (they say when it is behind).
+READERS = frozenset({"users.list", "deliveries.list", "delegations.list"})
 
 
 async def _with_store(
-    config: Config, handler: Callable[[Store], Awaitable[int]], *, migrate: bool
+    config: Config, handler: Callable[[Store], Awaitable[int]],
+    *, schema: SchemaUse,
 ) -> int:
+    """Run ``handler`` on the configured store. ``schema``: leave it (``migrate`` itself),
+    require it current (readers), or bring it up to date and say so (commands that write:
+    they need the schema, e.g. ``users link`` on a new database)."""
     store = await open_store(config.storage.url)
     try:
-        if migrate:
-            await store.migrate()
+        if schema == "migrate":
+            applied = await store.migrate()
+            if applied:
+                print(f"note: applied schema migrations {', '.join(map(str, applied))} to the "
+                      "database first", file=sys.stderr)
+        elif schema == "current":
+            current, latest = await store.schema_status()
+            if current < latest:
+                raise UserError(f"the database schema is at version {current}, this "
+                                f"coder-bridge needs {latest}: run `coder-bridge migrate` "
+                                "(serve does it on start); nothing was changed")
         return await handler(store)
     finally:
         await store.close()
 
 
 # -- serve ---------------------------------------------------------------------------
-def _serve(config: Config, *, role: Role, migrate: bool) -> int:
+def _serve(config: Config, *, role: Role, migrate: bool, host: str, port: int) -> int:
     from service.app import build_services, create_app
 
     if role != "all" and config.storage.url.startswith("sqlite"):
         log.warning("split_roles_on_sqlite",
                     note="--role web/worker share one SQLite file only on one host; "
                          "use PostgreSQL to scale out")
+    listener = _listen(host, port)  # before anything else: a taken port fails at once
 
     async def run() -> None:
         services = await build_services(config, role=role, migrate=migrate)
@@ -214,11 +281,11 @@ def _serve(config: Config, *, role: Role, migrate: bool) -> int:
         _tune_gc()
         # access_log=False: the webhook outcome lines take the access log's place.
         server_config = uvicorn.Config(
-            app, host=config.server.host, port=config.server.port, log_config=None,
+            app, host=host, port=port, log_config=None,
             access_log=False, proxy_headers=True, server_header=False,
             timeout_graceful_shutdown=30, http=guarded_protocol())
         _after_shutdown_ignore(signal.SIGTERM, signal.SIGINT)
-        await uvicorn.Server(server_config).serve()
+        await uvicorn.Server(server_config).serve(sockets=[listener])
 
     try:
         import uvloop
@@ -226,7 +293,33 @@ def _serve(config: Config, *, role: Role, migrate: bool) -> int:
         uvloop.run(run())
     except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
         asyncio.run(run())
+    finally:
+        listener.close()
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; ``UserError`` (exit status 1) if it is taken
+    or not an address of this machine."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror} (server.host, or "
+                        "serve --host)") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = (": another process listens there (serve --port picks another port)"
+                if exc.errno == errno.EADDRINUSE else f": {exc.strerror}")
+        raise UserError(f"cannot listen on {host}:{port}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _after_shutdown_ignore(*signals: signal.Signals) -> None:
@@ -257,85 +350,29 @@ def _tune_gc() -> None:
 
 # -- check-config --------------------------------------------------------------------
 def _check_config(config: Config, *, online: bool) -> int:
-    from service.app import build_trackers
+    from service.app import build_trackers, load_vault
 
+    configure_logging(level="CRITICAL")  # readable lines only: the checks print their own
     asyncio.run(_build_clients(config, build_trackers))  # raises InvalidConfig (bad App key)
     where = config.source or "built-in development defaults"
     print(f"configuration OK ({where})")
-    if config.github is None and config.linear is None:
-        print("warning: no tracker is configured ([github] or [linear])")
-    if config.github is not None and config.github.app_id is None and \
-            not config.github.repositories:
-        print("warning: github.repositories is empty: every repository whose webhook knows "
-              "the secret can make the bridge act; list the repositories (globs such as "
-              "acme/*) it may act on")
-    if not config.coder.template and config.coder.api != "chats":
-        print("warning: coder.template is empty: issues that match no route cannot "
-              "create a Tasks API task")
-    if online:
-        return asyncio.run(_check_online(config))
-    return 0
+    for warning in checks.warnings(config):
+        print(f"warning: {warning}")
+    if not online:
+        return 0
+    report = checks.Report()
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=config.coder.timeout) as http:
+            await checks.check_online(config, load_vault(config), http, report)
+
+    asyncio.run(run())
+    return 1 if report.failures else 0
 
 
 async def _build_clients(config: Config, build: Callable[[Config, httpx.AsyncClient], Any]) -> None:
     async with httpx.AsyncClient() as http:
         build(config, http)
-
-
-async def _check_online(config: Config) -> int:
-    from service.app import build_coder_oauth, build_trackers, load_vault
-
-    failures = 0
-    token, whose = await _linked_token(config, load_vault(config))
-    async with httpx.AsyncClient(timeout=config.coder.timeout) as http:
-        try:
-            print(f"coder: {await describe(config.coder, http, token)}"
-                  + (f" (probed with {whose}'s token)" if whose else ""))
-        except RemoteError as exc:
-            failures += 1
-            print(f"coder: FAILED: {exc}")
-        oauth = build_coder_oauth(config, http)
-        if oauth is not None:
-            try:
-                offered = await oauth.offered()
-            except RemoteError as exc:
-                offered = False
-                print(f"coder oauth2: FAILED: {exc}")
-            if offered:
-                print("coder oauth2: the provider answers; Connect with Coder is available")
-            else:
-                failures += 1
-                print("coder oauth2: FAILED: coder.oauth2_client_id is set, but this Coder "
-                      "deployment does not serve its OAuth2 provider (Coder v2.38+ with "
-                      "CODER_OAUTH2_PROVIDER_ENABLE=true)")
-        for name, tracker in build_trackers(config, http).items():
-            check = getattr(tracker, "check", None)
-            if check is None:
-                continue
-            try:
-                print(f"{name}: {await check()}")
-            except RemoteError as exc:
-                failures += 1
-                print(f"{name}: FAILED: {exc}")
-    return 1 if failures else 0
-
-
-async def _linked_token(config: Config, vault: Vault) -> tuple[str | None, str]:
-    """The token of the first linked account with a valid token, to probe Coder as the
-    worker would; (None, "") when nobody is linked or the database is unavailable."""
-    try:
-        store = await open_store(config.storage.url)
-    except BridgeError:
-        return None, ""
-    try:
-        for account, _ in await store.list_accounts():
-            if account.token_status == "valid":
-                return access_token(vault, account), account.coder_username
-    except BridgeError:
-        pass
-    finally:
-        await store.close()
-    return None, ""
 
 
 # -- migrate -------------------------------------------------------------------------
@@ -410,7 +447,10 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-async def _users_list(store: Store) -> int:
+async def _users_list(store: Store, config: Config) -> int:
+    from service.app import load_vault
+
+    vault = load_vault(config)
     accounts = await store.list_accounts()
     if not accounts:
         print("no linked accounts")
@@ -419,7 +459,8 @@ async def _users_list(store: Store) -> int:
             f"{i.provider}:{i.external_id}" + (f" ({i.login})" if i.login else "")
             for i in identities) or "-"
         others = "others may delegate" if account.allow_others else "only their own requests"
-        print(f"{account.coder_username}\t{names}\ttoken {account.token_status}\t"
+        status = account.token_status if opens(vault, account) else "undecryptable"
+        print(f"{account.coder_username}\t{names}\ttoken {status}\t"
               f"last used {_when(account.last_used_at)}\t{others}")
     return 0
 
@@ -472,18 +513,26 @@ async def _keys_rotate(store: Store, config: Config) -> int:
 
 
 # -- deliveries ----------------------------------------------------------------------
-async def _deliveries_list(store: Store, limit: int) -> int:
+DELIVERY_COLUMNS = ("RECEIVED", "TRACKER", "DELIVERY", "ISSUE", "KIND", "JOB", "OUTCOME",
+                    "ATTEMPTS", "TASK", "LAST ERROR")
+
+
+async def _deliveries_list(store: Store, limit: int, *, as_json: bool) -> int:
+    from service.web.admin import delivery_json
+
     records = await store.list_deliveries(limit=limit)
+    if as_json:
+        print(json.dumps({"deliveries": [delivery_json(r) for r in records]}, indent=2))
+        return 0
     if not records:
         print("no deliveries")
-    for record in records:
-        fields: list[Any] = [
-            _when(record.received_at), record.tracker, record.delivery_id, record.issue_key,
-            f"job {record.job_status or '-'} ({record.attempts} attempts)",
-            f"delegation {record.delegation_state or '-'}",
-            record.task_url or "", record.last_error or "",
-        ]
-        print("\t".join(str(f) for f in fields).rstrip())
+        return 0
+    print("\t".join(DELIVERY_COLUMNS))
+    for r in records:
+        fields = [_when(r.received_at), r.tracker, r.delivery_id, r.issue or r.issue_key,
+                  r.kind, r.job_status or "-", r.outcome or "-", str(r.attempts),
+                  r.task_url or "-", r.last_error or "-"]
+        print("\t".join(fields))
     return 0
 
 

@@ -281,10 +281,19 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Pat
     return default if default.exists() else None
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+#: What a command that does not serve may leave unresolved: ``needs`` lists key prefixes.
+EVERYTHING: tuple[str, ...] = ("",)
+STORE_ONLY = ("storage.", "security.encryption_keys")
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None, *,
+                needs: tuple[str, ...] = EVERYTHING) -> Config:
     """Load and check the configuration at ``path`` (None: development defaults).
 
-    Raises ``InvalidConfig`` listing every problem, each naming its key.
+    ``needs``: the keys (dotted prefixes) the caller uses. An ``env:``/``file:``
+    reference elsewhere that cannot be resolved is then no problem: the value is left
+    empty (``users list`` needs no tracker secret). Raises ``InvalidConfig`` listing
+    every problem, each naming its key.
     """
     env = os.environ if environ is None else environ
     if path is None:
@@ -297,11 +306,15 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         raise InvalidConfig([ConfigError("--config", f"cannot read {path}: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidConfig([ConfigError("--config", f"{path} is not valid TOML: {exc}")]) from None
-    reader = _Reader(env)
+    reader = _Reader(env, needs)
     config = reader.config(raw, path)
     if reader.problems:
         raise InvalidConfig(reader.problems)
     return config
+
+
+#: The value of a reference the caller does not need and that could not be resolved.
+UNRESOLVED = "<unresolved>"
 
 
 class _Missing(Exception):
@@ -311,8 +324,9 @@ class _Missing(Exception):
 class _Reader:
     """Walks the parsed TOML, resolving references and recording every problem."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], needs: tuple[str, ...] = EVERYTHING) -> None:
         self.environ = environ
+        self.needs = needs
         self.problems: list[ConfigError] = []
 
     # -- the sections --------------------------------------------------------------
@@ -406,6 +420,11 @@ class _Reader:
             self._problem("coder.url",
                           "is required (the Coder deployment, e.g. https://coder.example.com)")
         url = self._url(raw, "coder.url", "http://127.0.0.1:3000").rstrip("/")
+        parsed = urlparse(url)
+        if parsed.path or parsed.query or parsed.fragment:
+            self._problem("coder.url", f"must be the deployment's address without a path: "
+                          f"{parsed.scheme}://{parsed.netloc}, not {url} (the bridge adds "
+                          "/api/v2 and the other paths itself)")
         api = self._str(raw, "coder.api", "auto")
         if api not in CODER_API_CHOICES:
             choices = ", ".join(CODER_API_CHOICES)
@@ -601,22 +620,28 @@ class _Reader:
                 self._problem(where, f"unknown key (known here: {', '.join(known)})")
 
     def _resolve(self, key: str, value: str) -> str:
-        """Apply ``env:`` and ``file:`` references."""
+        """Apply ``env:`` and ``file:`` references. One that cannot be resolved is a
+        problem, unless the caller does not need ``key``: then it is the placeholder
+        ``UNRESOLVED``, which every reader below turns into its default."""
         if value.startswith("env:"):
             name = value[4:]
             if name not in self.environ:
-                self._problem(key, f"environment variable {name} is not set")
-                raise _Missing
+                return self._unresolved(key, f"environment variable {name} is not set")
             return self.environ[name]
         if value.startswith("file:"):
             path = Path(value[5:])
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
-                self._problem(key, f"cannot read {path}: {exc.strerror or exc}")
-                raise _Missing from None
+                return self._unresolved(key, f"cannot read {path}: {exc.strerror or exc}")
             return text[:-1] if text.endswith("\n") else text
         return value
+
+    def _unresolved(self, key: str, problem: str) -> str:
+        if any(key.startswith(prefix) for prefix in self.needs):
+            self._problem(key, problem)
+            raise _Missing
+        return UNRESOLVED
 
     def _str(self, raw: dict[str, Any], key: str, default: str, *, nonempty: bool = False,
              secret: bool = False) -> str:
@@ -631,6 +656,8 @@ class _Reader:
             resolved = self._resolve(key, value)
         except _Missing:
             return default
+        if resolved is UNRESOLVED:
+            return UNRESOLVED
         if nonempty and not resolved.strip():
             self._problem(key, "must not be empty")
             return default
@@ -661,6 +688,9 @@ class _Reader:
             self._problem(key, "is required: deliveries are only accepted when signed")
             return ()
         secrets = self._str_list(raw, key, [])
+        if raw[name] == []:
+            self._problem(key, "lists no secret: deliveries are only accepted when signed "
+                          "with one (give the secret set in the tracker's webhook settings)")
         if any(not s.reveal() for s in secrets):
             self._problem(key, "must not contain an empty secret")
         return tuple(s for s in secrets if s.reveal())
@@ -669,10 +699,12 @@ class _Reader:
         value = raw.get(key.rsplit(".", 1)[-1], default)
         if isinstance(value, str):
             try:
-                value = {"true": True, "false": False}.get(self._resolve(key, value).lower(),
-                                                           value)
+                text = self._resolve(key, value)
             except _Missing:
                 return default
+            if text is UNRESOLVED:
+                return default
+            value = {"true": True, "false": False}.get(text.lower(), value)
         if not isinstance(value, bool):
             self._problem(key, "must be true or false")
             return default
@@ -684,8 +716,13 @@ class _Reader:
         value = raw.get(name, default)
         if isinstance(value, str):
             try:
-                value = int(self._resolve(key, value))
-            except (_Missing, ValueError):
+                text = self._resolve(key, value)
+                if text is UNRESOLVED:
+                    return default
+                value = int(text)
+            except _Missing:
+                return default
+            except ValueError:
                 self._problem(key, "must be an integer")
                 return default
         if isinstance(value, bool) or not isinstance(value, int):
@@ -699,7 +736,10 @@ class _Reader:
         value = raw.get(name, default)
         if isinstance(value, str):
             try:
-                value = float(self._resolve(key, value))
+                text = self._resolve(key, value)
+                if text is UNRESOLVED:
+                    return default
+                value = float(text)
             except _Missing:
                 return default
             except ValueError:
@@ -722,6 +762,8 @@ class _Reader:
 
     def _url(self, raw: dict[str, Any], key: str, default: str) -> str:
         value = self._str(raw, key, default)
+        if value is UNRESOLVED:
+            return default
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             self._problem(key, f"must be an http(s) URL, not {value!r}")

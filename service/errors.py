@@ -108,7 +108,9 @@ class RemoteError(BridgeError):
     ``service`` is ``"coder"``, ``"github"`` or ``"linear"``; ``status`` the HTTP
     status when there was a response; ``message`` plain words for operators;
     ``public`` words safe for a public comment, or ``""`` (see the module docstring);
-    ``server_message`` the remote's own short ``message`` field, when it sent one.
+    ``server_message`` the remote's own short ``message`` field, when it sent one;
+    ``misconfigured`` names what in the bridge's own configuration caused the failure
+    (``template``, ``preset``), when it did: the operators must act, not the engineer.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class RemoteError(BridgeError):
         retry_after: float | None = None,
         public: str = "",
         server_message: str = "",
+        misconfigured: str = "",
     ) -> None:
         super().__init__(message)
         self.service = service
@@ -128,6 +131,7 @@ class RemoteError(BridgeError):
         self.retry_after = retry_after
         self.public = public
         self.server_message = server_message
+        self.misconfigured = misconfigured
 
     def __str__(self) -> str:
         where = f" (HTTP {self.status})" if self.status is not None else ""

@@ -156,3 +156,16 @@ ADMIN_REQUESTS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+TOKENS_UNDECRYPTABLE = Gauge(
+    "coder_bridge_tokens_undecryptable",
+    "Stored Coder tokens under an encryption key that security.encryption_keys does not "
+    "list (nobody's delegation can run with them); read at scrape time.",
+    registry=REGISTRY,
+)
+MISCONFIGURED = Counter(
+    "coder_bridge_misconfigured_total",
+    "Delegations that failed because of the bridge's own configuration, by what: "
+    "encryption_key (a stored token no configured key opens), template, preset.",
+    ["reason"],
+    registry=REGISTRY,
+)

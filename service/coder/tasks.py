@@ -29,6 +29,9 @@ from service.coder.templates import (
 )
 from service.core.status import TaskSnapshot
 from service.errors import Conflict, NotFound, PermanentError, RouteNotFound, TransientError
+from service.logging import get_logger
+
+log = get_logger("service.coder")
 
 API_V2: Final = "/api/v2"
 API_EXPERIMENTAL: Final = "/api/experimental"
@@ -72,13 +75,31 @@ class TasksBackend:
         if not spec.template.strip():
             raise PermanentError(
                 "coder", "no template configured: set a Coder template for this route or in "
-                "[coder]", public="coder-bridge has no Coder template configured for this "
-                "issue; its operators must set one")
+                "[coder]", public="coder-bridge has no Coder template configured for this issue",
+                misconfigured="template")
         if may_exist:
             existing = await self._find_by_name(spec.name)
             if existing is not None:
                 return existing
         body = await self._create_body(spec)
+        try:
+            return await self._post_task(spec, body)
+        except Conflict:
+            raise
+        except PermanentError as exc:
+            # A version remembered for up to a minute may be gone (a template updated and
+            # its old version archived): Coder answers 400 then. Forget what was remembered
+            # and, when the template's version did change, create once more with the new one.
+            if exc.status != 400 or not self._forget(spec, body["template_version_id"]):
+                raise
+            fresh = await self._create_body(spec)
+            if fresh["template_version_id"] == body["template_version_id"]:
+                raise
+            log.info("template_version_changed", template=spec.template)
+            return await self._post_task(spec, fresh)
+
+    async def _post_task(self, spec: WorkSpec, body: dict[str, str]) -> CreatedWork:
+        """``POST /tasks/me``; a taken name is the task made by an earlier attempt."""
         try:
             task = await self._tasks_call("POST", "/tasks/me", json=body)
         except Conflict:
@@ -189,8 +210,17 @@ class TasksBackend:
             body["display_name"] = display_name
         return body
 
+    def _forget(self, spec: WorkSpec, version_id: str) -> bool:
+        """Drop the remembered version of ``spec``'s template and its presets; whether a
+        version was remembered."""
+        self._templates.drop(("presets", self._coder_url, version_id))
+        return self._templates.drop(self._version_key(spec))
+
+    def _version_key(self, spec: WorkSpec) -> tuple[str, ...]:
+        return ("version", self._coder_url, spec.organization, spec.template)
+
     async def _fetch_active_version(self, spec: WorkSpec) -> str:
-        key = ("version", self._coder_url, spec.organization, spec.template)
+        key = self._version_key(spec)
         cached = self._templates.get(key)
         if isinstance(cached, str):
             return cached

@@ -48,7 +48,8 @@ async def fetch_template(client: CoderClient, organization: str, name: str) -> T
     except NotFound:
         words = (f'template "{name}" was not found in Coder organization "{org}", '
                  "or your Coder account cannot use it")
-        raise NotFound("coder", words, status=404, public=words) from None
+        raise NotFound("coder", words, status=404, public=words,
+                       misconfigured="template") from None
     ident = body.get("id") if isinstance(body, dict) else None
     version = body.get("active_version_id") if isinstance(body, dict) else None
     if not isinstance(ident, str) or not ident or not isinstance(version, str) or not version:
@@ -81,7 +82,7 @@ def choose_preset(presets: list[dict[str, Any]], wanted: str, *, template: str) 
         available = ", ".join(f'"{n}"' for n in names) if names else "none"
         words = (f'preset "{wanted}" does not exist for template "{template}"; '
                  f"available presets: {available}")
-        raise PermanentError("coder", words, public=words)
+        raise PermanentError("coder", words, public=words, misconfigured="preset")
     for preset in presets:
         if preset.get("Default") is True and isinstance(preset.get("ID"), str):
             return str(preset["ID"])
@@ -113,3 +114,7 @@ class TemplateCache:
     def put(self, key: tuple[str, ...], value: Any) -> None:
         """Remember ``value`` from now on."""
         self._entries[key] = (self._clock(), value)
+
+    def drop(self, key: tuple[str, ...]) -> bool:
+        """Forget ``key``; whether a live entry was there."""
+        return self.get(key) is not None and self._entries.pop(key, None) is not None

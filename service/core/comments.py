@@ -254,6 +254,19 @@ def render_failed_comment(*, marker: str, reason: str) -> str:
     return _with_marker(text, marker)
 
 
+def render_misconfigured_comment(*, marker: str, reason: str) -> str:
+    """A failure the bridge's own configuration caused: nothing the reader did wrong, and
+    nothing they can fix; the operators were alerted (a metric and an alert rule)."""
+    text = (
+        "**Failed** · coder-bridge could not start an agent for this issue because of a "
+        "problem in its own configuration, not in this issue.\n\n"
+        f"Reason: {_clip(reason)}\n\n"
+        "The bridge's operators have been alerted. Once they have fixed it, remove and "
+        "re-add the label to try again."
+    )
+    return _with_marker(text, marker)
+
+
 def render_gave_up_comment(*, marker: str, attempts: int, reason: str) -> str:
     """Transient errors until the retry budget ran out."""
     text = (

@@ -141,6 +141,23 @@ class ChangeEvent(msgspec.Struct, frozen=True):
         return _CHANGE_DECODER.decode(text)
 
 
+class IssueName(msgspec.Struct, frozen=True):
+    """What names the issue in any stored event (trigger, comment, change)."""
+
+    tracker: str = ""
+    scope: str = ""
+    number: str = ""
+
+
+def issue_name(event_json: str) -> IssueName:
+    """The issue a stored event is about (empty fields when it cannot be read)."""
+    try:
+        return _NAME_DECODER.decode(event_json)
+    except msgspec.DecodeError:
+        return IssueName()
+
+
+_NAME_DECODER = msgspec.json.Decoder(IssueName)
 _COMMENT_DECODER = msgspec.json.Decoder(CommentEvent)
 _CHANGE_DECODER = msgspec.json.Decoder(ChangeEvent)
 

@@ -1,6 +1,6 @@
 """The task prompt built from an issue (pure).
 
-Form (documented in README.md, "What the agent is told")::
+Form (documented in docs/on-the-issue.md, "What the agent is told")::
 
     Work on GitHub issue Codertocat/Hello-World#1: Spelling error in the README file
     Issue: https://github.com/Codertocat/Hello-World/issues/1
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from service.core.events import IssueEvent
+from service.core.events import IssueEvent, IssueName
 
 MAX_PROMPT_BYTES = 64 * 1024
 MAX_TITLE_CHARS = 300
@@ -43,10 +43,10 @@ def escape_framing(text: str) -> str:
     return _FRAME_TAG.sub("&lt;", text)
 
 
-def issue_reference(event: IssueEvent) -> str:
+def issue_reference(event: IssueEvent | IssueName) -> str:
     """How people name the issue: ``owner/repo#1`` on GitHub, ``ENG-123`` on Linear."""
     if event.tracker == "github":
-        return f"{event.scope}#{event.number}"
+        return f"{event.scope}#{event.number}" if event.scope else ""
     return event.number
 
 

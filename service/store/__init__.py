@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
+from service.core.events import issue_name
+from service.core.prompt import issue_reference
 from service.errors import StoreError
 from service.store.base import (
     Account,
@@ -162,6 +164,9 @@ def delivery_record_from_row(row: _Row) -> DeliveryRecord:
         last_error=row[6],
         delegation_state=cast("DelegationState | None", row[7]),
         task_url=row[8],
+        kind=str(row[9]),
+        outcome=row[10],
+        issue=issue_reference(issue_name(str(row[11]))),
     )
 
 

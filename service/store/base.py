@@ -128,7 +128,11 @@ class CheckTarget:
 
 @dataclass(frozen=True)
 class DeliveryRecord:
-    """A stored delivery with its newest job and the issue's current delegation, for the CLI."""
+    """A stored delivery with its newest job and what it led to, for the CLI and the admin
+    API: ``outcome`` its job's (``created``, ``existing``, ``same_request``, ``failed``,
+    …; None while it has not ended), and the state and link of the delegation this
+    delivery started (None when it started none). ``issue`` names the issue as people do
+    (``owner/repo#1``, ``ENG-123``)."""
 
     tracker: str
     delivery_id: str
@@ -139,6 +143,9 @@ class DeliveryRecord:
     last_error: str | None
     delegation_state: DelegationState | None
     task_url: str | None
+    kind: str = "trigger"
+    outcome: str | None = None
+    issue: str = ""
 
 
 class Store(Protocol):
@@ -190,16 +197,17 @@ class Store(Protocol):
         """Extend the lease; False if ``owner`` no longer holds the job."""
         ...
 
-    async def finish_job(self, job_id: int, owner: str) -> None:
-        """Mark the job ``done``."""
+    async def finish_job(self, job_id: int, owner: str, *, outcome: str = "") -> None:
+        """Mark the job ``done``, remembering what it led to (``Done.outcome``)."""
         ...
 
     async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
         """Put the job back in the queue to run at ``run_at``, remembering ``error``."""
         ...
 
-    async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
-        """Mark the job ``failed`` (permanent error or attempts exhausted)."""
+    async def fail_job(self, job_id: int, owner: str, *, error: str, outcome: str = "") -> None:
+        """Mark the job ``failed`` (permanent error or attempts exhausted), with its
+        ``Failed.outcome``."""
         ...
 
     async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
@@ -372,6 +380,10 @@ class Store(Protocol):
 
     async def list_accounts(self) -> list[tuple[Account, list[Identity]]]:
         """Every account with its identities, ordered by username."""
+        ...
+
+    async def token_keys(self) -> dict[str, int]:
+        """How many stored tokens each encryption key (by ``key_id``) sealed."""
         ...
 
     async def unlink(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 import orjson
@@ -166,6 +167,23 @@ def _changed(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+def connection_failure(url: str, exc: BaseException) -> str:
+    """Why connecting to ``url`` failed, for an operator: where it tried (without the
+    password) and what the server or the network said."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port or 5432
+    except ValueError:
+        port = 5432
+    where = (f"PostgreSQL at {parsed.hostname or 'localhost'}:{port}, database "
+             f"{parsed.path.lstrip('/') or '(default)'}, user {parsed.username or '(default)'}")
+    reason = str(exc) if isinstance(exc, OSError | asyncpg.PostgresError) else ""
+    if parsed.password:
+        reason = reason.replace(parsed.password, "***")
+    reason = reason or type(exc).__name__
+    return f"cannot connect to {where} (storage.url): {reason}"
+
+
 class PostgresStore:
     """:class:`~service.store.base.Store` on PostgreSQL (see the module docstring).
 
@@ -181,11 +199,12 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
-        """Connect a pool to ``url``; ``StoreError`` (without the URL) if that fails."""
+        """Connect a pool to ``url``; ``StoreError`` if that fails, naming the server, the
+        database, the user and the key ``storage.url``, never the password."""
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {type(exc).__name__}") from exc
+            raise StoreError(connection_failure(url, exc)) from None
         return cls(pool)
 
     def _require_pool(self) -> Any:
@@ -308,18 +327,19 @@ class PostgresStore:
         """Set the lease end; False (no change) if ``owner`` no longer holds the job."""
         return await self._execute(queries.RENEW_LEASE, job_id, owner, until, time.time()) == 1
 
-    async def finish_job(self, job_id: int, owner: str) -> None:
+    async def finish_job(self, job_id: int, owner: str, *, outcome: str = "") -> None:
         """Mark the job ``done``; a no-op unless ``owner`` holds it."""
-        await self._execute(queries.FINISH_JOB, job_id, owner, time.time())
+        await self._execute(queries.FINISH_JOB, job_id, owner, time.time(), outcome or None)
 
     async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
         """Queue the job again at ``run_at`` with ``last_error``; a no-op unless
         ``owner`` holds it."""
         await self._execute(queries.RETRY_JOB, job_id, owner, run_at, error, time.time())
 
-    async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
+    async def fail_job(self, job_id: int, owner: str, *, error: str, outcome: str = "") -> None:
         """Mark the job ``failed``; a no-op unless ``owner`` holds it."""
-        await self._execute(queries.FAIL_JOB, job_id, owner, error, time.time())
+        await self._execute(queries.FAIL_JOB, job_id, owner, error, time.time(),
+                            outcome or None)
 
     async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
         """Give the job back uncounted, at ``run_at`` (None: its old one); a no-op
@@ -560,6 +580,10 @@ class PostgresStore:
             if row[queries.ACCOUNT_WIDTH] is not None:
                 entry[1].append(identity_from_row(tuple(row)[queries.ACCOUNT_WIDTH:]))
         return list(grouped.values())
+
+    async def token_keys(self) -> dict[str, int]:
+        """See ``Store.token_keys``."""
+        return {str(row[0]): int(row[1]) for row in await self._fetch(queries.TOKEN_KEYS)}
 
     async def unlink(
         self,

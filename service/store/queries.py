@@ -24,7 +24,7 @@ UPDATE jobs SET lease_until = $3, updated_at = $4
 WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 FINISH_JOB = """
-UPDATE jobs SET status = 'done', updated_at = $3
+UPDATE jobs SET status = 'done', updated_at = $3, outcome = $4
 WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 RETRY_JOB = """
@@ -33,7 +33,7 @@ UPDATE jobs SET status = 'queued', run_at = $3, last_error = $4,
 WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 FAIL_JOB = """
-UPDATE jobs SET status = 'failed', last_error = $3, updated_at = $4
+UPDATE jobs SET status = 'failed', last_error = $3, updated_at = $4, outcome = $5
 WHERE id = $1 AND status = 'running' AND lease_owner = $2
 """
 # $4: the new run_at, or NULL to keep it. The attempt is given back (never below 0).
@@ -69,16 +69,18 @@ DELETE_STALE_WORKERS = "DELETE FROM workers WHERE id <> $1 AND heartbeat_at < $2
 DELETE_WORKER = "DELETE FROM workers WHERE id = $1"
 
 # -- deliveries ------------------------------------------------------------------------
-# Each delivery with its newest job and the issue's newest delegation, newest first.
+# Each delivery with its newest job and the delegation it started (if it did), newest
+# first; the event names the issue.
 LIST_DELIVERIES = """
 SELECT d.tracker, d.delivery_id, d.issue_key, d.received_at,
-       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url
+       j.status, coalesce(j.attempts, 0), j.last_error, g.state, g.task_url,
+       d.kind, j.outcome, d.event_json
 FROM deliveries AS d
 LEFT JOIN jobs AS j
     ON j.id = (SELECT max(x.id) FROM jobs AS x WHERE x.delivery_ref = d.id)
 LEFT JOIN delegations AS g
     ON g.id = (SELECT y.id FROM delegations AS y WHERE y.issue_key = d.issue_key
-               ORDER BY y.generation DESC LIMIT 1)
+               AND y.delivery_id = d.delivery_id ORDER BY y.generation DESC LIMIT 1)
 WHERE d.kind <> 'check'
 ORDER BY d.id DESC
 LIMIT $1
@@ -213,6 +215,7 @@ FIND_ACCOUNT = ("SELECT" + _ACCOUNT_COLUMNS
                 + "FROM identities AS i JOIN accounts AS a ON a.id = i.account_id"
                 + " WHERE i.provider = $1 AND i.external_id = $2")
 GET_ACCOUNT = "SELECT" + _ACCOUNT_COLUMNS + "FROM accounts AS a WHERE a.id = $1"
+TOKEN_KEYS = "SELECT key_id, count(*) FROM accounts GROUP BY key_id"
 LIST_ACCOUNTS = ("SELECT" + _ACCOUNT_COLUMNS + ", i.provider, i.external_id, i.login"
                  + " FROM accounts AS a LEFT JOIN identities AS i ON i.account_id = a.id"
                  + " ORDER BY a.coder_username, a.id, i.provider, i.external_id")

@@ -409,18 +409,19 @@ class SQLiteStore:
         still holds it."""
         return await self._rowcount(_Q["RENEW_LEASE"], (job_id, owner, until, time.time())) == 1
 
-    async def finish_job(self, job_id: int, owner: str) -> None:
+    async def finish_job(self, job_id: int, owner: str, *, outcome: str = "") -> None:
         """Mark the job ``done``; a no-op unless ``owner`` holds it (running, its lease)."""
-        await self._rowcount(_Q["FINISH_JOB"], (job_id, owner, time.time()))
+        await self._rowcount(_Q["FINISH_JOB"], (job_id, owner, time.time(), outcome or None))
 
     async def retry_job(self, job_id: int, owner: str, *, run_at: float, error: str) -> None:
         """Queue the job again at ``run_at`` with ``last_error``, dropping the lease;
         a no-op unless ``owner`` holds it."""
         await self._rowcount(_Q["RETRY_JOB"], (job_id, owner, run_at, error, time.time()))
 
-    async def fail_job(self, job_id: int, owner: str, *, error: str) -> None:
+    async def fail_job(self, job_id: int, owner: str, *, error: str, outcome: str = "") -> None:
         """Mark the job ``failed`` with ``last_error``; a no-op unless ``owner`` holds it."""
-        await self._rowcount(_Q["FAIL_JOB"], (job_id, owner, error, time.time()))
+        await self._rowcount(_Q["FAIL_JOB"], (job_id, owner, error, time.time(),
+                                              outcome or None))
 
     async def release_job(self, job_id: int, owner: str, *, run_at: float | None = None) -> None:
         """Give the job back: ``queued`` at ``run_at`` (None: its old one), lease
@@ -677,6 +678,10 @@ class SQLiteStore:
             if row[ACCOUNT_WIDTH] is not None:
                 entry[1].append(identity_from_row(row[ACCOUNT_WIDTH:]))
         return list(grouped.values())
+
+    async def token_keys(self) -> dict[str, int]:
+        """See ``Store.token_keys``."""
+        return {str(row[0]): int(row[1]) for row in await self._fetchall(_Q["TOKEN_KEYS"])}
 
     async def unlink(
         self,

@@ -83,7 +83,7 @@ class AdminApi:
         if limit is None:
             return _error(400, "bad_request", f"limit must be a number from 1 to {MAX_LIMIT}")
         records = await self.store.list_deliveries(limit=limit)
-        return JSONResponse({"deliveries": [_delivery(r) for r in records]})
+        return JSONResponse({"deliveries": [delivery_json(r) for r in records]})
 
     async def retry(self, request: Request) -> Response:
         delivery_id = request.path_params["delivery_id"]
@@ -160,11 +160,13 @@ def _delegation(d: Delegation, coder_user: str | None) -> dict[str, Any]:
     }
 
 
-def _delivery(record: DeliveryRecord) -> dict[str, Any]:
+def delivery_json(record: DeliveryRecord) -> dict[str, Any]:
+    """A delivery as ``GET /admin/deliveries`` and ``deliveries list --json`` show it."""
     return {
         "tracker": record.tracker, "delivery_id": record.delivery_id,
-        "issue_key": record.issue_key, "received_at": _iso(record.received_at),
-        "job_status": record.job_status, "attempts": record.attempts,
+        "issue": record.issue or None, "issue_key": record.issue_key, "kind": record.kind,
+        "received_at": _iso(record.received_at), "job_status": record.job_status,
+        "outcome": record.outcome, "attempts": record.attempts,
         "last_error": record.last_error, "delegation_state": record.delegation_state,
         "task_url": record.task_url,
     }

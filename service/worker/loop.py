@@ -156,7 +156,7 @@ class Worker:
 
     async def _apply(self, job: Job, result: JobResult) -> None:
         if isinstance(result, Done):
-            await self.store.finish_job(job.id, self.owner)
+            await self.store.finish_job(job.id, self.owner, outcome=result.outcome)
             metrics.JOBS.labels("done").inc()
             log.info("job_finished", outcome=result.outcome)
         elif isinstance(result, RetryLater):
@@ -167,7 +167,8 @@ class Worker:
             await self.store.release_job(job.id, self.owner, run_at=self.clock() + result.seconds)
             metrics.JOBS.labels("deferred").inc()
         else:
-            await self.store.fail_job(job.id, self.owner, error=result.error)
+            await self.store.fail_job(job.id, self.owner, error=result.error,
+                                      outcome=result.outcome)
             metrics.JOBS.labels("failed").inc()
             log.warning("job_failed", outcome=result.outcome, error=result.error)
 

@@ -150,9 +150,9 @@ class Starter:
             backend = await self.ctx.backend_for(account)
         except VaultError as exc:
             log.error("token_undecryptable", error=str(exc), coder_user=account.coder_username)
-            await self._fail(event, d, "the stored Coder token cannot be decrypted (the "
-                             "encryption key that protects it is not configured); the "
-                             "account must be linked again")
+            await self._misconfigured(event, d, "encryption_key",
+                                      "it cannot read the stored Coder token of the account "
+                                      "that would run the agent")
         except TokenRejected as exc:  # an OAuth connection that could not be renewed
             await self._token_rejected(event, d, account, candidate, exc)
         key = delegation_key(d.issue_key, d.generation)
@@ -181,6 +181,11 @@ class Starter:
         except TokenRejected as exc:
             await self._token_rejected(event, shown, account, candidate, exc)
         except PermanentError as exc:
+            if exc.misconfigured:
+                log.error("task_create_misconfigured", error=str(exc),
+                          setting=exc.misconfigured)
+                await self._misconfigured(event, shown, exc.misconfigured,
+                                          self.ctx.public_reason(exc))
             log.warning("task_create_refused", error=str(exc))
             await self._fail(event, shown, self.ctx.public_reason(exc))
         d = shown
@@ -241,6 +246,15 @@ class Starter:
             event, marker=self.ctx.marker(d), person=candidate.person, help=self.ctx.link_help)
         await self.ctx.post(event, replace(d, last_error=str(exc)), body, state="needs_link")
         raise Finish(Failed(str(exc), "token_invalid"))
+
+    async def _misconfigured(self, event: IssueEvent, d: Delegation, what: str,
+                             reason: str) -> NoReturn:
+        """Fail because of the bridge's own configuration (``what``: the metric's reason):
+        the operators are alerted, the issue says it is not the reader's doing."""
+        metrics.MISCONFIGURED.labels(what).inc()
+        body = comments.render_misconfigured_comment(marker=self.ctx.marker(d), reason=reason)
+        await self.ctx.post(event, replace(d, last_error=reason), body, state="failed")
+        raise Finish(Failed(reason, "failed"))
 
     async def _fail(self, event: IssueEvent, d: Delegation, reason: str) -> NoReturn:
         body = comments.render_failed_comment(marker=self.ctx.marker(d), reason=reason)

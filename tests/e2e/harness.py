@@ -101,8 +101,8 @@ class Bridge:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
+        env.update({f"CODER_BRIDGE_KEY_{i}": key for i, key in enumerate(self.keys)})
         env.update({
-            "CODER_BRIDGE_KEY": ENCRYPTION_KEY,
             "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET,
             "GITHUB_TOKEN": DEFAULT_TOKEN,
             "LINEAR_WEBHOOK_SECRET": LINEAR_SECRET,
@@ -111,8 +111,14 @@ class Bridge:
         })
         return env
 
+    @property
+    def keys(self) -> list[str]:
+        """``security.encryption_keys`` (``settings["encryption_keys"]``), newest first."""
+        return list(self.settings.get("encryption_keys", [ENCRYPTION_KEY]))
+
     def write_config(self) -> None:
         s = self.settings
+        keys = [f"env:CODER_BRIDGE_KEY_{i}" for i in range(len(self.keys))]
         self.config_path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -124,7 +130,7 @@ max_body_bytes = {s.get("max_body_bytes", 1048576)}
 url = "{s.get("storage_url", f"sqlite:///{self.db_path}")}"
 
 [security]
-encryption_keys = ["env:CODER_BRIDGE_KEY"]
+encryption_keys = {json.dumps(keys)}
 admin_token = "{s.get("admin_token", "")}"
 
 [coder]
@@ -169,6 +175,7 @@ concurrency = 4
 max_attempts = {s.get("max_attempts", 8)}
 lease_seconds = {s.get("lease_seconds", 5)}
 poll_interval = 0.05
+{s.get("extra_toml", "")}
 """)
 
     def _oauth_keys(self, provider: str, prefix: str, web_url: str | None) -> str:
@@ -183,8 +190,9 @@ poll_interval = 0.05
         return "\n".join(lines)
 
     # -- the process -----------------------------------------------------------------
-    def start(self, *args: str) -> None:
-        """Start ``coder-bridge serve`` and wait until /readyz answers 200."""
+    def start(self, *args: str, ready: bool = True) -> None:
+        """Start ``coder-bridge serve`` and wait until /readyz answers 200 (``ready``), or
+        /healthz (not ``ready``: a bridge expected to report itself not ready)."""
         self.write_config()
         log = self.log_path.open("ab")
         nofile = self.settings.get("nofile")
@@ -196,17 +204,18 @@ poll_interval = 0.05
         )
         log.close()
 
-        def ready() -> bool:
+        def is_ready() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"bridge exited with {self.process.returncode}:\n"
                                      + self.log_path.read_text())
             try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+                probe = "/readyz" if ready else "/healthz"
+                return httpx.get(f"{self.url}{probe}", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=20, what="the bridge to become ready")
+        wait_for(is_ready, timeout=20, what="the bridge to become ready")
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit status."""

@@ -45,7 +45,7 @@ def test_labelled_issue_becomes_one_task_and_one_comment(tmp_path: Path) -> None
 
         listing = bridge.cli("deliveries", "list")
         assert "72d3162e-cc78-11e3-81ab-4c9367dc0958" in listing.stdout
-        assert "delegation starting" in listing.stdout or "delegation working" in listing.stdout
+        assert "\ttrigger\tdone\tcreated\t1\t" in listing.stdout
         assert bridge.stop() == 0
 
 
@@ -155,7 +155,7 @@ def test_gives_up_after_max_attempts_and_says_why(tmp_path: Path) -> None:
         bridge.deliver()
         comment = bridge.wait_for_comment("gave up", timeout=30)
         assert "after 2 attempts" in comment["body"]
-        wait_for(lambda: "job failed" in bridge.cli("deliveries", "list").stdout,
+        wait_for(lambda: "\tfailed\tgave_up\t2\t" in bridge.cli("deliveries", "list").stdout,
                  what="the job to be recorded as failed")
         assert bridge.coder.tasks == []
 

@@ -78,10 +78,12 @@ async def test_delegations_deliveries_and_retry_as_documented(
                               content=fixture_bytes("github/issues__labeled.json"),
                               headers=github_headers("issues__labeled.json"))).status_code == 200
     [delivery] = (await client.get("/admin/deliveries", headers=AUTH)).json()["deliveries"]
-    assert set(delivery) == {"tracker", "delivery_id", "issue_key", "received_at",
-                             "job_status", "attempts", "last_error", "delegation_state",
-                             "task_url"}
+    assert set(delivery) == {"tracker", "delivery_id", "issue", "issue_key", "kind",
+                             "received_at", "job_status", "outcome", "attempts", "last_error",
+                             "delegation_state", "task_url"}
     assert (delivery["tracker"], delivery["job_status"]) == ("github", "queued")
+    assert (delivery["issue"], delivery["kind"]) == ("Codertocat/Hello-World#1", "trigger")
+    assert delivery["outcome"] is None
     assert delivery["received_at"].endswith("Z")
 
     busy = await client.post(f"/admin/deliveries/{delivery['delivery_id']}/retry",

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.store import load_migrations
 from tests.conftest import REPO
+from tests.e2e.harness import wait_for
 from tests.fakes.coder import FakeCoder
-from tests.fakes.server import serve_in_thread
+from tests.fakes.server import free_port, serve_in_thread
 
 KEY_A = base64.b64encode(b"A" * 32).decode()
 KEY_B = base64.b64encode(b"B" * 32).decode()
+LINEAR_ID = "0b7e4f7a-3c1d-4e2f-9a8b-7c6d5e4f3a2b"
 
 
 @pytest.fixture
@@ -42,13 +47,15 @@ template = "tasks-docker"
     return path
 
 
-def run(config: Path | None, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(config: Path | None, *args: str, stdin: str = "", cwd: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
     env["PYTHONPATH"] = str(REPO)
     extra = ["--config", str(config)] if config else []
+    where = cwd or (config.parent if config else REPO)
     return subprocess.run([sys.executable, "-m", "service", *args, *extra], input=stdin,
-                          capture_output=True, text=True, env=env, cwd=config.parent if config
-                          else REPO, timeout=60, check=False)
+                          capture_output=True, text=True, env=env, cwd=where, timeout=60,
+                          check=False)
 
 
 def test_check_config_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
@@ -127,11 +134,11 @@ def test_unlink_removes_identities_and_then_the_account(
     fake, url = coder
     config = write_config(tmp_path, url, [KEY_A])
     token = fake.add_user("bob")
-    assert run(config, "users", "link", "--github-id", "8", "--linear-id", "u-1",
+    assert run(config, "users", "link", "--github-id", "8", "--linear-id", LINEAR_ID,
                "--coder-token-stdin", stdin=token).returncode == 0
     assert run(config, "users", "unlink", "--github-id", "8").returncode == 0
     assert "bob" in run(config, "users", "list").stdout
-    assert run(config, "users", "unlink", "--linear-id", "u-1").returncode == 0
+    assert run(config, "users", "unlink", "--linear-id", LINEAR_ID.upper()).returncode == 0
     assert "no linked accounts" in run(config, "users", "list").stdout
     missing = run(config, "users", "unlink", "--coder-user", "bob")
     assert missing.returncode == 1 and "not linked" in missing.stderr
@@ -202,7 +209,7 @@ def test_allow_others_is_switched_per_person_and_shown(
     off = run(config, "users", "allow-others", "--coder-user", "alice", "--off")
     assert off.returncode == 0 and "only their own requests" in off.stdout
     assert "only their own requests" in run(config, "users", "list").stdout
-    unknown = run(config, "users", "allow-others", "--linear-id", "nobody", "--on")
+    unknown = run(config, "users", "allow-others", "--linear-id", LINEAR_ID, "--on")
     assert unknown.returncode == 1 and "is not linked" in unknown.stderr
     assert run(config, "users", "allow-others", "--github-id", "1").returncode == 2  # on or off?
 
@@ -210,6 +217,7 @@ def test_allow_others_is_switched_per_person_and_shown(
 def test_delegations_list_filters_by_state(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
     _, url = coder
     config = write_config(tmp_path, url, [KEY_A])
+    assert run(config, "migrate").returncode == 0
     assert "no delegations" in run(config, "delegations", "list").stdout
     script = f"""
 import asyncio, dataclasses
@@ -241,3 +249,140 @@ asyncio.run(main())
                                                     "stopped").stdout
     assert run(config, "delegations", "list", "--state", "bogus").returncode == 2
     assert len(run(config, "delegations", "list", "--limit", "1").stdout.splitlines()) == 1
+
+
+def test_commands_that_do_not_serve_need_no_tracker_secrets(
+    tmp_path: Path, coder: tuple[FakeCoder, str]
+) -> None:
+    fake, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    config.write_text(config.read_text() + """
+[github]
+webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
+token = "env:GITHUB_TOKEN"
+app_id = "env:GITHUB_APP_ID_UNUSED"
+[linear]
+webhook_secret = "file:/nonexistent/linear-secret"
+api_key = "env:LINEAR_API_KEY"
+""")
+    token = fake.add_user("dora")
+    link = run(config, "users", "link", "--github-id", "5", "--coder-token-stdin", stdin=token)
+    assert link.returncode == 0, link.stderr
+    for args in (("users", "list"), ("deliveries", "list"), ("delegations", "list"),
+                 ("migrate",), ("keys", "rotate"),
+                 ("users", "allow-others", "--github-id", "5", "--on")):
+        result = run(config, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    assert "dora" in run(config, "users", "list").stdout
+    serving = run(config, "check-config")
+    assert serving.returncode == 1
+    for key in ("github.webhook_secret", "github.token", "linear.webhook_secret",
+                "linear.api_key"):
+        assert f"config error: {key}" in serving.stderr, (key, serving.stderr)
+
+
+def test_readers_never_migrate_and_say_how(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
+    _, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    for args in (("users", "list"), ("deliveries", "list"), ("delegations", "list")):
+        result = run(config, *args)
+        assert result.returncode == 1, args
+        assert "schema is at version 0" in result.stderr
+        assert "run `coder-bridge migrate`" in result.stderr
+    assert run(config, "migrate").returncode == 0
+    assert run(config, "users", "list").stdout.strip() == "no linked accounts"
+
+
+def test_writers_migrate_and_say_so(tmp_path: Path, coder: tuple[FakeCoder, str]) -> None:
+    fake, url = coder
+    config = write_config(tmp_path, url, [KEY_A])
+    link = run(config, "users", "link", "--github-id", "3", "--coder-token-stdin",
+               stdin=fake.add_user("erin"))
+    assert link.returncode == 0 and "applied schema migrations" in link.stderr
+    again = run(config, "users", "link", "--github-id", "4", "--coder-token-stdin",
+                stdin=fake.add_user("finn"))
+    assert again.returncode == 0 and "migrations" not in again.stderr
+
+
+def test_a_linear_id_must_be_a_uuid() -> None:
+    result = run(None, "users", "link", "--linear-id", "ada@example.com", "--coder-token-stdin")
+    assert result.returncode == 2 and "is not a Linear user id (a UUID" in result.stderr
+
+
+def test_config_refuses_an_empty_secret_list_and_a_coder_url_with_a_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[security]
+encryption_keys = ["{KEY_A}"]
+[coder]
+url = "https://coder.example.com/api/v2"
+[github]
+webhook_secret = []
+token = "t"
+""")
+    result = run(path, "check-config")
+    assert result.returncode == 1
+    assert "config error: github.webhook_secret: lists no secret" in result.stderr
+    assert ("config error: coder.url: must be the deployment's address without a path: "
+            "https://coder.example.com, not https://coder.example.com/api/v2") in result.stderr
+
+
+def test_check_config_warns_about_secrets_trackers_would_not_match(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[security]
+encryption_keys = ["{KEY_A}"]
+[coder]
+url = "https://coder.example.com"
+template = "t"
+[github]
+webhook_secret = ["short", "a-long-enough-secret-with-a-space "]
+token = "t"
+repositories = ["acme/*"]
+[[routes]]
+match = {{ provider = "linear", team = "ENG" }}
+template = "x"
+""")
+    result = run(path, "check-config")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert any("github.webhook_secret[0] is shorter than 16 characters" in w for w in warnings)
+    assert any("github.webhook_secret[1] begins or ends with whitespace" in w for w in warnings)
+    assert any("routes[0] is for linear, which has no [linear] section" in w for w in warnings)
+    assert "short" not in result.stdout.replace("shorter", "")  # the secret itself never
+
+
+def test_serve_takes_host_and_port_and_a_taken_port_is_exit_1(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = run(None, "serve", "--port", str(port), cwd=tmp_path)
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: another process listens there" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+
+    free = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODER_BRIDGE")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(free)],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{free}/healthz", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, what="serve --port to answer")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -458,3 +458,57 @@ async def test_is_active_uses_the_experimental_prefix_when_needed(
 def _spec(**changes: str) -> WorkSpec:
     values = {**SPEC.__dict__, **changes}
     return WorkSpec(**values)
+
+
+# --- a template updated while its version is remembered ----------------------------------------
+
+NEW_VERSION_ID = "66666666-6666-6666-6666-666666666666"
+VERSION_GONE = {"message": "Template version not found or you do not have access to this "
+                           "resource"}
+
+
+async def test_a_remembered_version_that_is_gone_is_looked_up_again_once(
+    mock: respx.MockRouter, backend: TasksBackend
+) -> None:
+    """The template is updated in Coder (its old version archived) within the minute the
+    bridge remembers the version: the create answers 400, the bridge forgets the version,
+    reads the template again and creates with the new version."""
+    serve_template(mock, [])
+    mock.post("/api/v2/tasks/me").respond(201, json=task())
+    await backend.ensure(SPEC, may_exist=False)  # the version is remembered
+
+    mock.get("/api/v2/organizations/default/templates/tasks-docker").respond(
+        200, json={"id": TEMPLATE_ID, "name": "tasks-docker",
+                   "active_version_id": NEW_VERSION_ID})
+    mock.get(f"/api/v2/templateversions/{NEW_VERSION_ID}/presets").respond(200, json=[])
+
+    def create(request: httpx.Request) -> httpx.Response:
+        version = json.loads(request.content)["template_version_id"]
+        if version == VERSION_ID:
+            return httpx.Response(400, json=VERSION_GONE)
+        return httpx.Response(201, json=task(template_version_id=version))
+
+    mock.post("/api/v2/tasks/me").mock(side_effect=create)
+    mock.reset()
+    assert await backend.ensure(SPEC, may_exist=False) == EXPECTED
+    assert calls(mock) == [
+        ("POST", "/api/v2/tasks/me"),
+        ("GET", "/api/v2/organizations/default/templates/tasks-docker"),
+        ("GET", f"/api/v2/templateversions/{NEW_VERSION_ID}/presets"),
+        ("POST", "/api/v2/tasks/me"),
+    ]
+
+
+async def test_a_400_with_the_current_version_is_not_retried(
+    mock: respx.MockRouter, backend: TasksBackend
+) -> None:
+    serve_template(mock, [])
+    mock.post("/api/v2/tasks/me").respond(201, json=task())
+    await backend.ensure(SPEC, may_exist=False)
+    mock.post("/api/v2/tasks/me").respond(
+        400, json={"message": 'Template does not have a valid "coder_ai_task" resource.'})
+    mock.reset()
+    with pytest.raises(PermanentError) as caught:
+        await backend.ensure(SPEC, may_exist=False)
+    assert caught.value.status == 400
+    assert [c for c in calls(mock) if c[0] == "POST"] == [("POST", "/api/v2/tasks/me")]
