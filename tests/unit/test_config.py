@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
 
 from service.config import Secret, load_config, resolve_config_path
 from service.errors import InvalidConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED
 
 KEY = base64.b64encode(b"k" * 32).decode()
 ENV = {
@@ -51,6 +52,28 @@ def test_example_config_loads_with_its_environment() -> None:
     assert config.route_for("github", "other/repo") == ("tasks-docker", "")
     assert config.route_for("linear", "eng") == ("tasks-docker", "")
     assert config.linear is not None and config.linear.api_key == Secret("lin_api_example")
+
+
+def _documented_keys(toml_text: str) -> set[str]:
+    """``section.key`` for every key written (or commented out) under a section header."""
+    keys: set[str] = set()
+    section = ""
+    for line in toml_text.splitlines():
+        header = re.match(r"\s*\[\[?([a-z_]+)\]?\]", line)
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"\s*#?\s*([a-z_0-9]+)\s*=", line)
+        if key and section:
+            keys.add(f"{section}.{key.group(1)}")
+    return keys
+
+
+def test_example_config_documents_every_key_of_the_interface() -> None:
+    interface = (SHARED / "spec" / "interface.md").read_text()
+    block = interface.split("```toml", 1)[1].split("```", 1)[0]
+    example = (REPO / "config.example.toml").read_text()
+    assert _documented_keys(block) - _documented_keys(example) == set()
 
 
 def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
