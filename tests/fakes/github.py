@@ -28,8 +28,9 @@ What it does like GitHub:
 
 GitHub App authentication (after ``configure_app``):
 
-- ``POST /app/installations/{id}/access_tokens``, ``GET /repos/{owner}/{repo}/installation``
-  and ``GET /app`` take ``Authorization: Bearer <App JWT>``: RS256 signed with
+- ``POST /app/installations/{id}/access_tokens``, ``GET /repos/{owner}/{repo}/installation``,
+  ``GET /app`` and ``GET /app/installations`` (paginated) take ``Authorization: Bearer
+  <App JWT>``: RS256 signed with
   the configured key, ``iss`` the app id, ``iat``/``exp`` integers with
   ``exp - iat <= 600``, ``iat`` not in the future and ``exp`` not past (the
   fake's clock); else 401 with GitHub's message (``A JSON web token could not
@@ -37,7 +38,8 @@ GitHub App authentication (after ``configure_app``):
 - minted installation tokens act as ``<slug>[bot]`` on the installation's
   repositories only (404 elsewhere, like GitHub), expire at ``expires_at``
   (``installation_token_lifetime`` seconds, on the fake's clock) with 401
-  ``Bad credentials``; JWT calls do not spend the rate-limit budget.
+  ``Bad credentials``; JWT calls do not spend the rate-limit budget;
+  ``GET /installation/repositories`` (paginated) lists what an installation token covers.
 - ``token_exchanges`` / ``installation_lookups`` record those calls;
   ``installation_tokens`` lists minted tokens; ``revoke_installation_tokens``
   makes them fail with 401.
@@ -355,6 +357,17 @@ class FakeGitHub:
             Route(
                 "/app",
                 self.endpoint("get_app", self._get_app, auth=jwt_auth, counts=False),
+                methods=["GET"],
+            ),
+            Route(
+                "/app/installations",
+                self.endpoint("list_installations", self._list_installations, auth=jwt_auth,
+                              counts=False),
+                methods=["GET"],
+            ),
+            Route(
+                "/installation/repositories",
+                self.endpoint("installation_repositories", self._installation_repositories),
                 methods=["GET"],
             ),
         ]
@@ -1060,6 +1073,32 @@ class FakeGitHub:
         self._requests.append((request.method, request.url.path))
         self._timed_requests.append((self._clock(), request.method, request.url.path))
 
+    async def _list_installations(self, request: Request, identity: Identity) -> Response:
+        """``GET /app/installations``: the App's installations, paginated like GitHub."""
+        with self._lock:
+            app = self._app_of(identity)
+            ids = sorted(app.installations) if app is not None else []
+            items = [{"id": i, "app_id": app.id if app else 0, "target_type": "Organization",
+                      "account": {"login": f"org-{i}", "type": "Organization"}} for i in ids]
+        return _paged(request, items, lambda chunk: chunk)
+
+    async def _installation_repositories(self, request: Request, identity: Identity
+                                         ) -> Response:
+        """``GET /installation/repositories`` with an installation token: what it covers."""
+        header = request.headers.get("authorization", "")
+        with self._lock:
+            issued = self._issued.get(header.partition(" ")[2].strip())
+            if issued is None:  # a personal token: GitHub wants an installation's
+                return github_error(403, "You must authenticate with an installation access "
+                                    "token in order to list repositories for an installation.")
+            names = sorted(self._installation_repos(issued.installation_id))
+            repos = [{"id": self._repos[n].id if n in self._repos else 0,
+                      "full_name": self._repos[n].full_name if n in self._repos else n,
+                      "private": False} for n in names]
+        return _paged(request, repos, lambda chunk: {
+            "total_count": len(repos), "repository_selection": "selected",
+            "repositories": chunk})
+
     def _app_of(self, identity: Identity) -> _App | None:
         """The app behind an ``app:<id>`` identity (caller holds the lock)."""
         prefix, _, app_id = identity.partition(":")
@@ -1241,6 +1280,17 @@ async def _comment_body(request: Request) -> str | Response:
         }
         return github_error(422, "Validation Failed", errors=[error])
     return body
+
+
+def _paged(request: Request, items: list[dict[str, Any]],
+           wrap: Callable[[list[dict[str, Any]]], Any]) -> JSONResponse:
+    """One page of ``items`` (``per_page``, default 30, at most 100; ``page``), wrapped as
+    the endpoint answers, with GitHub's ``Link`` header."""
+    per_page = _clamp(request.query_params.get("per_page"), default=30, low=1, high=100)
+    page = _clamp(request.query_params.get("page"), default=1, low=1, high=10**6)
+    chunk = items[(page - 1) * per_page : page * per_page]
+    last = max(1, math.ceil(len(items) / per_page))
+    return JSONResponse(wrap(chunk), headers=_link_header(request, per_page, page, last))
 
 
 def _link_header(request: Request, per_page: int, page: int, last: int) -> dict[str, str]:

@@ -550,13 +550,18 @@ class GitHubClient:
             raise transport_error(exc) from None
 
     def _next_page(self, response: httpx.Response) -> str | None:
-        """The ``rel="next"`` URL, if it points at the configured API origin."""
-        link = response.links.get("next", {}).get("url")
-        if not link:
-            return None
-        if _origin(link) != self._origin:
-            raise PermanentError(SERVICE, "GitHub pagination pointed at another host")
-        return link
+        return next_page(response, self._api_url)
+
+
+def next_page(response: httpx.Response, api_url: str) -> str | None:
+    """The ``rel="next"`` URL of a paginated answer, if it points at ``api_url``'s origin
+    (a token is never sent to another host); None on the last page."""
+    link = response.links.get("next", {}).get("url")
+    if not link:
+        return None
+    if _origin(link) != _origin(api_url):
+        raise PermanentError(SERVICE, "GitHub pagination pointed at another host")
+    return link
 
 
 def _origin(url: str) -> tuple[str, str]:

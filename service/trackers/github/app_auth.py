@@ -34,9 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from service.errors import NotFound, PermanentError, TokenRejected, TransientError
 from service.trackers.github.api import (
+    MAX_PAGES,
+    PER_PAGE,
     SERVICE,
     decipher_github_response,
     github_headers,
+    next_page,
     transport_error,
 )
 
@@ -154,10 +157,19 @@ class AppAuth:
             return self._installations[key]
 
     async def installations(self) -> list[int]:
-        """The ids of the App's installations (``GET /app/installations``, with the JWT)."""
-        data = await self._app_call("GET", "/app/installations?per_page=100")
-        items = data if isinstance(data, list) else []
-        return [int(i["id"]) for i in items if isinstance(i, dict) and isinstance(i.get("id"), int)]
+        """The ids of the App's installations (``GET /app/installations``, with the JWT,
+        every page)."""
+        ids: list[int] = []
+        url: str | None = f"{self._api_url}/app/installations?per_page={PER_PAGE}"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                break
+            data, response = await self._app_send("GET", url)
+            items = data if isinstance(data, list) else []
+            ids += [int(i["id"]) for i in items
+                    if isinstance(i, dict) and isinstance(i.get("id"), int)]
+            url = next_page(response, self._api_url)
+        return ids
 
     async def check(self) -> str:
         """Verify the App id and private key with ``GET /app``; e.g. ``GitHub App my-app …``."""
@@ -238,15 +250,19 @@ class AppAuth:
 
     async def _app_call(self, method: str, path: str) -> Any:
         """One request authenticated as the App (a fresh JWT); a 401 → ``TokenRejected``."""
+        data, _ = await self._app_send(method, f"{self._api_url}{path}")
+        return data
+
+    async def _app_send(self, method: str, url: str) -> tuple[Any, httpx.Response]:
+        """``_app_call`` for a full URL (a next page); the data and the response."""
         headers = github_headers(f"Bearer {self.app_jwt()}")
         try:
-            response = await self._http.request(
-                method, f"{self._api_url}{path}", headers=headers, follow_redirects=False
-            )
+            response = await self._http.request(method, url, headers=headers,
+                                                follow_redirects=False)
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
         try:
-            return decipher_github_response(response, now=self._clock())
+            return decipher_github_response(response, now=self._clock()), response
         except TokenRejected:
             raise TokenRejected(SERVICE, _REJECTED, status=response.status_code) from None
 
