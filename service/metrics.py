@@ -150,6 +150,13 @@ RECONCILE_FOUND = Counter(
     ["tracker", "outcome"],
     registry=REGISTRY,
 )
+RECONCILE_REDELIVERED = Counter(
+    "coder_bridge_reconcile_redelivered_total",
+    "Failed webhook deliveries a sweep asked the tracker to send again (a GitHub App's "
+    "comments, unlabels and closes), by tracker.",
+    ["tracker"],
+    registry=REGISTRY,
+)
 ADMIN_REQUESTS = Counter(
     "coder_bridge_admin_requests_total",
     "Requests to /admin by outcome (ok; unauthorized: no or a wrong token; rate_limited).",

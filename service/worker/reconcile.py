@@ -8,6 +8,9 @@ each one that has no delegation as the ``labeled`` delivery it missed: delivery 
 store it once, and its job then runs like any trigger. An issue that has a
 delegation, running or ended, is never triggered again by a sweep.
 
+With a GitHub App, a sweep first has the App webhook's failed deliveries that the search
+cannot find (comments, unlabels, closes) sent again (``redeliver_failed``).
+
 Sweeps run every ``reconcile.interval`` seconds on one replica at a time (a lease in
 the store; the interval counts from the last sweep any replica finished), and on
 demand (``coder-bridge reconcile``, ``POST /admin/reconcile``).
@@ -45,6 +48,8 @@ class Source(Protocol):
     """Where a tracker's labelled open issues come from (``GitHubSweep``, ``LinearSweep``)."""
 
     async def labelled_issues(self, *, since: float) -> list[IssueEvent]: ...
+
+    async def redeliver_failed(self, *, since: float) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,15 @@ class Reconciler:
 
     async def _sweep_tracker(self, tracker: str, source: Source, *,
                              since: float) -> list[Finding]:
+        try:
+            redelivered = await source.redeliver_failed(since=since)
+        except (RemoteError, PacingDeferred) as exc:
+            log.warning("reconcile_redelivery_failed", tracker=tracker, error=str(exc),
+                        note="the next sweep tries again; the search goes on")
+        else:
+            if redelivered:
+                metrics.RECONCILE_REDELIVERED.labels(tracker).inc(redelivered)
+                log.info("reconcile_redelivered", tracker=tracker, deliveries=redelivered)
         try:
             events = await source.labelled_issues(since=since)
         except (RemoteError, PacingDeferred) as exc:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import (
     GITHUB_SECRET,
@@ -46,6 +48,16 @@ ENCRYPTION_KEY = base64.b64encode(b"e2e-test-key-32-bytes-long-....."[:32]).deco
 AUTHOR_GITHUB_ID = "21031067"  # Codertocat, the author in every GitHub fixture
 AUTHOR_LINEAR_ID = "5f8c3b8e-2a41-4c55-9a3e-0d6f1c2b7a10"  # Ada, creator of the Linear fixture
 REPOSITORY = "Codertocat/Hello-World"
+#: ``running_bridge(github_app=True)``: the bridge acts as this GitHub App (one installation
+#: on REPOSITORY) instead of with a token; its comments are the bot's.
+APP_ID = 4242
+APP_LOGIN = "my-app[bot]"
+_APP_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+APP_KEY_PEM = _APP_KEY.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode()
+APP_PUBLIC_PEM = _APP_KEY.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 FIXTURE_REPOSITORY_ID = 186853002  # the repository id in every GitHub fixture
 
 
@@ -144,7 +156,7 @@ timeout = {s.get("coder_timeout", 2.0)}
 [github]
 webhook_secret = "env:GITHUB_WEBHOOK_SECRET"
 api_url = "{self.github_url}"
-token = "env:GITHUB_TOKEN"
+{self._github_credential()}
 trigger_label = "bug"
 status_labels = {str(s.get("status_labels", False)).lower()}
 repositories = {json.dumps(s.get("repositories", []))}
@@ -177,6 +189,15 @@ lease_seconds = {s.get("lease_seconds", 5)}
 poll_interval = 0.05
 {s.get("extra_toml", "")}
 """)
+
+    def _github_credential(self) -> str:
+        """``token``, or with ``settings["github_app"]`` the App's id and key (the fake
+        knows the App: ``running_bridge`` set it up)."""
+        if not self.settings.get("github_app"):
+            return 'token = "env:GITHUB_TOKEN"'
+        key = self.workdir / "github-app.pem"
+        key.write_text(APP_KEY_PEM)
+        return f'app_id = {APP_ID}\nprivate_key = "file:{key}"'
 
     def _oauth_keys(self, provider: str, prefix: str, web_url: str | None) -> str:
         """The OAuth client keys of a section, from ``settings[f"{provider}_oauth"]``
@@ -315,8 +336,10 @@ poll_interval = 0.05
         return self.github.comments(REPOSITORY, number)
 
     def bridge_comments(self, number: int = 1) -> list[dict[str, Any]]:
-        """The comments the bridge's account wrote on the issue."""
-        return [c for c in self.comments(number) if c["user"]["login"] == DEFAULT_LOGIN]
+        """The comments the bridge's account (its token's user, or its App's bot) wrote on
+        the issue."""
+        login = APP_LOGIN if self.settings.get("github_app") else DEFAULT_LOGIN
+        return [c for c in self.comments(number) if c["user"]["login"] == login]
 
     def status(self, number: int = 1) -> str:
         """The first line of the bridge's status comment (the state in bold)."""
@@ -341,11 +364,10 @@ poll_interval = 0.05
     def send_github(self, event: str, payload: dict[str, Any], delivery_id: str
                     ) -> httpx.Response:
         """POST ``payload`` as a signed GitHub delivery of ``event``."""
-        body = json.dumps(payload).encode()
-        headers = github_headers("issues__labeled.json")
-        headers.update({"X-GitHub-Event": event, "X-GitHub-Delivery": delivery_id,
-                        "X-Hub-Signature-256": sign_github(body)})
-        headers.pop("X-Hub-Signature", None)
+        return self.post_github(*github_delivery(event, payload, delivery_id))
+
+    def post_github(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST a delivery's bytes and headers to the bridge's GitHub webhook."""
         return httpx.post(f"{self.url}/webhooks/github", content=body, headers=headers,
                           timeout=10)
 
@@ -353,17 +375,25 @@ poll_interval = 0.05
             login: str = "Codertocat", user_type: str = "User", number: int = 1) -> int:
         """Someone comments ``text`` on the issue: the comment appears on the GitHub fake
         and its ``issue_comment`` ``created`` delivery reaches the bridge. Returns its id."""
+        comment_id, payload = self.comment(text, user_id=user_id, login=login,
+                                           user_type=user_type, number=number)
+        answer = self.send_github("issue_comment", payload, f"comment-{comment_id}")
+        assert answer.status_code == 200, answer.text
+        return comment_id
+
+    def comment(self, text: str, *, user_id: int = int(AUTHOR_GITHUB_ID),
+                login: str = "Codertocat", user_type: str = "User", number: int = 1
+                ) -> tuple[int, dict[str, Any]]:
+        """A comment on the GitHub fake, and the payload of its ``issue_comment``
+        ``created`` delivery (not sent)."""
         comment_id = self.github.add_comment(REPOSITORY, number, text, login=login)
         [stored] = [c for c in self.comments(number) if c["id"] == comment_id]
         stored["user"].update(id=user_id, type=user_type)
         labeled = json.loads(fixture_bytes("github/issues__labeled.json"))
         labeled["issue"]["number"] = number
         sender = {**labeled["sender"], "login": login, "id": user_id, "type": user_type}
-        payload = {"action": "created", "issue": labeled["issue"], "comment": stored,
-                   "repository": labeled["repository"], "sender": sender}
-        answer = self.send_github("issue_comment", payload, f"comment-{comment_id}")
-        assert answer.status_code == 200, answer.text
-        return comment_id
+        return comment_id, {"action": "created", "issue": labeled["issue"], "comment": stored,
+                            "repository": labeled["repository"], "sender": sender}
 
     def unlabel(self, delivery_id: str, *, sender_id: int = int(AUTHOR_GITHUB_ID),
                 sender_login: str = "Codertocat") -> httpx.Response:
@@ -452,6 +482,17 @@ poll_interval = 0.05
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def github_delivery(event: str, payload: dict[str, Any], delivery_id: str
+                    ) -> tuple[bytes, dict[str, str]]:
+    """``payload`` as the body and headers of a signed GitHub delivery of ``event``."""
+    body = json.dumps(payload).encode()
+    headers = github_headers("issues__labeled.json")
+    headers.update({"X-GitHub-Event": event, "X-GitHub-Delivery": delivery_id,
+                    "X-Hub-Signature-256": sign_github(body)})
+    headers.pop("X-Hub-Signature", None)
+    return body, headers
+
+
 @contextmanager
 def running_bridge(tmp_path: Path, *, coder_mode: str = "tasks", start: bool = True,
                    **settings: Any) -> Iterator[Bridge]:
@@ -460,6 +501,8 @@ def running_bridge(tmp_path: Path, *, coder_mode: str = "tasks", start: bool = T
     coder.add_template("default", "tasks-docker", presets=settings.pop("presets", ()))
     github = FakeGitHub()
     github.set_repository_id(REPOSITORY, FIXTURE_REPOSITORY_ID)
+    if settings.get("github_app"):
+        github.configure_app(APP_ID, APP_PUBLIC_PEM, installations={1: [REPOSITORY]})
     linear = FakeLinear()
     with ExitStack() as stack:
         coder_url = stack.enter_context(serve_in_thread(coder.app()))

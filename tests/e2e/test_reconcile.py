@@ -11,6 +11,7 @@ from tests.e2e.harness import (
     AUTHOR_GITHUB_ID,
     AUTHOR_LINEAR_ID,
     REPOSITORY,
+    github_delivery,
     running_bridge,
     wait_for,
 )
@@ -78,3 +79,48 @@ def test_a_bridge_down_while_issues_were_labelled_finds_them_on_restart(
         assert all("queued as if" not in out for out in outputs)
         assert len(bridge.coder.tasks) == 7
         assert all(len(bridge.comments(n)) == 1 for n in range(1, 7))
+
+
+def test_a_github_apps_failed_deliveries_are_sent_again_and_acted_on(tmp_path: Path) -> None:
+    """With a GitHub App, a sweep asks GitHub to send again the deliveries that failed
+    while the bridge was down and that no search finds: here `/agent stop`, which then
+    stops the running task. A failed label is left to the search, a delivery that never
+    succeeded in three attempts is not asked for again, and one that succeeded is not."""
+    with running_bridge(tmp_path, github_app=True, reconcile_interval=0) as bridge:
+        bridge.link_author()
+        bridge.deliver()
+        bridge.wait_for_comment("/tasks/codertocat/")
+        [task] = bridge.coder.tasks
+        bridge.coder.set_task_state(task["id"], status="active", state="working")
+        bridge.wait_for_status("Working")
+        assert bridge.stop() == 0
+
+        # While the bridge is down, the author comments `/agent stop`: GitHub's delivery
+        # fails (and so do others).
+        comment_id, payload = bridge.comment("/agent stop")
+        body, headers = github_delivery("issue_comment", payload, "stop-while-down")
+        history = bridge.github
+        history.record_hook_delivery("stop-while-down", event="issue_comment",
+                                     action="created", status_code=502, payload=body,
+                                     headers=headers)
+        history.record_hook_delivery("label-while-down", event="issues", action="labeled",
+                                     status_code=502)
+        for _ in range(3):
+            history.record_hook_delivery("never-verifies", event="issue_comment",
+                                         action="created", status_code=401)
+        history.record_hook_delivery("went-fine", event="issue_comment", action="created",
+                                     status_code=200)
+        history.hook_target = lambda sent, sent_headers: bridge.post_github(
+            sent, sent_headers).status_code
+
+        bridge.settings["reconcile_interval"] = 60
+        bridge.start()  # the first sweep runs at start
+        stopped = bridge.wait_for_status("Stopped", timeout=30)
+        assert "by @Codertocat" in stopped["body"]
+        assert len(bridge.coder.stops) == 1
+        assert history.hook_attempts("stop-while-down") == [502, 200]
+        assert len(history.hook_redeliveries) == 1
+        assert history.hook_attempts("label-while-down") == [502]
+        assert history.hook_attempts("never-verifies") == [401, 401, 401]
+        assert "reconcile_redelivered" in bridge.logs()
+        assert comment_id in [c["id"] for c in bridge.comments()]

@@ -39,7 +39,11 @@ GitHub App authentication (after ``configure_app``):
   repositories only (404 elsewhere, like GitHub), expire at ``expires_at``
   (``installation_token_lifetime`` seconds, on the fake's clock) with 401
   ``Bad credentials``; JWT calls do not spend the rate-limit budget;
-  ``GET /installation/repositories`` (paginated) lists what an installation token covers.
+  ``GET /installation/repositories`` (paginated) lists what an installation token covers;
+- the App webhook's delivery history (``record_hook_delivery``): ``GET
+  /app/hook/deliveries`` (newest first, ``cursor`` pagination) and ``POST
+  /app/hook/deliveries/{id}/attempts`` (202, then the delivery is sent again to
+  ``hook_target`` under the same guid and the answer recorded).
 - ``token_exchanges`` / ``installation_lookups`` record those calls;
   ``installation_tokens`` lists minted tokens; ``revoke_installation_tokens``
   makes them fail with 401.
@@ -93,6 +97,7 @@ from urllib.parse import parse_qs, urlencode
 import jwt
 from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -270,6 +275,12 @@ class FakeGitHub:
         self.content_limits: tuple[tuple[int, float], ...] = ()
         self._content_writes: dict[Identity, deque[float]] = defaultdict(deque)
         self._statuses: dict[int, int] = defaultdict(int)
+        #: The App webhook's delivery history, oldest first, and what each guid carried.
+        self._hook_deliveries: list[dict[str, Any]] = []
+        self._hook_payloads: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._redeliveries: list[int] = []
+        #: Where a redelivered delivery is sent: (body, headers) → the HTTP status.
+        self.hook_target: Callable[[bytes, dict[str, str]], int] | None = None
         #: Search's own budget: requests a minute per token (GitHub: 30).
         self.search_limit = 30
         self._oauth_apps: dict[str, str] = {}  # client id → secret
@@ -364,6 +375,18 @@ class FakeGitHub:
                 self.endpoint("list_installations", self._list_installations, auth=jwt_auth,
                               counts=False),
                 methods=["GET"],
+            ),
+            Route(
+                "/app/hook/deliveries",
+                self.endpoint("list_hook_deliveries", self._list_hook_deliveries,
+                              auth=jwt_auth, counts=False),
+                methods=["GET"],
+            ),
+            Route(
+                "/app/hook/deliveries/{delivery_id}/attempts",
+                self.endpoint("redeliver_hook_delivery", self._redeliver_hook_delivery,
+                              auth=jwt_auth, counts=False),
+                methods=["POST"],
             ),
             Route(
                 "/installation/repositories",
@@ -1098,6 +1121,76 @@ class FakeGitHub:
         return _paged(request, repos, lambda chunk: {
             "total_count": len(repos), "repository_selection": "selected",
             "repositories": chunk})
+
+    async def _list_hook_deliveries(self, request: Request, identity: Identity) -> Response:
+        """``GET /app/hook/deliveries``: newest first, ``per_page`` (≤ 100, default 30) and
+        a ``cursor`` (the items older than it) given in the ``Link`` header."""
+        per_page = _clamp(request.query_params.get("per_page"), default=30, low=1, high=100)
+        cursor = _int(request.query_params.get("cursor", "")) or None
+        with self._lock:
+            if self._app_of(identity) is None:
+                return github_error(404)
+            older = [d for d in reversed(self._hook_deliveries)
+                     if cursor is None or d["id"] < cursor]
+            page = [dict(d) for d in older[:per_page]]
+        headers = {}
+        if len(older) > per_page:
+            query = urlencode({"per_page": per_page, "cursor": page[-1]["id"]})
+            headers["Link"] = f'<{_base(request)}{request.url.path}?{query}>; rel="next"'
+        return JSONResponse(page, headers=headers)
+
+    async def _redeliver_hook_delivery(self, request: Request, identity: Identity
+                                       ) -> Response:
+        """``POST /app/hook/deliveries/{id}/attempts``: 202, then the delivery is sent again
+        to ``hook_target`` (same guid, ``redelivery: true``) and its answer recorded."""
+        ident = _int(request.path_params["delivery_id"])
+        with self._lock:
+            original = next((d for d in self._hook_deliveries if d["id"] == ident), None)
+            if original is None or self._app_of(identity) is None:
+                return github_error(404)
+            self._redeliveries.append(ident)
+        return JSONResponse({}, status_code=202,
+                            background=BackgroundTask(self._send_again, original))
+
+    async def _send_again(self, original: dict[str, Any]) -> None:
+        payload, headers = self._hook_payloads[original["guid"]]
+        target = self.hook_target
+        status = 502 if target is None else await asyncio.to_thread(target, payload, headers)
+        self.record_hook_delivery(original["guid"], event=original["event"],
+                                  action=original["action"], status_code=status,
+                                  payload=payload, headers=headers, redelivery=True)
+
+    def record_hook_delivery(
+        self, guid: str, *, event: str, action: str | None, status_code: int,
+        payload: bytes = b"{}", headers: Mapping[str, str] | None = None,
+        redelivery: bool = False, delivered_at: float | None = None,
+    ) -> int:
+        """Add an attempt to the App webhook's delivery history (what GitHub sent, and
+        the answer it got); its id (a large int64, as on GitHub)."""
+        with self._lock:
+            ident = 2**40 + len(self._hook_deliveries) + 1
+            when = self._clock() if delivered_at is None else delivered_at
+            self._hook_deliveries.append({
+                "id": ident, "guid": guid,
+                "delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+                "redelivery": redelivery, "duration": 0.05,
+                "status": "OK" if 200 <= status_code < 300
+                          else f"Invalid HTTP Response: {status_code}",
+                "status_code": status_code, "event": event, "action": action,
+                "installation_id": None, "repository_id": None, "throttled_at": None})
+            self._hook_payloads[guid] = (payload, dict(headers or {}))
+            return ident
+
+    @property
+    def hook_redeliveries(self) -> list[int]:
+        """Ids of the hook deliveries asked for again, in order."""
+        with self._lock:
+            return list(self._redeliveries)
+
+    def hook_attempts(self, guid: str) -> list[int]:
+        """The status codes of every attempt of ``guid``, oldest first."""
+        with self._lock:
+            return [d["status_code"] for d in self._hook_deliveries if d["guid"] == guid]
 
     def _app_of(self, identity: Identity) -> _App | None:
         """The app behind an ``app:<id>`` identity (caller holds the lock)."""

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from service.config import GitHubConfig, Secret
 from service.trackers.github.api import GitHubClient
 from service.trackers.github.app_auth import AppAuth
+from service.trackers.github.redelivery import MAX_PER_SWEEP
 from service.trackers.github.sweep import GitHubSweep
 from tests.fakes.github import FakeGitHub
 from tests.fakes.server import serve_in_thread
@@ -83,3 +84,26 @@ async def test_an_app_without_a_list_searches_every_repository_of_every_installa
     # 105 repositories, five a query: 21 searches for installation 1, one for installation
     # 2, spaced apart (the first needs no wait)
     assert len(waits) == 21
+
+
+async def test_failed_app_deliveries_are_read_over_pages_and_asked_for_again_in_bounds(
+    fake: FakeGitHub, http: httpx.AsyncClient,
+) -> None:
+    """The history is read page by page (cursor in ``Link``) back to ``since`` only, and at
+    most ``MAX_PER_SWEEP`` deliveries are asked for in one sweep, the newest first."""
+    now = time.time()
+    old = fake.record_hook_delivery("too-old", event="issue_comment", action="created",
+                                    status_code=503, delivered_at=now - 2 * 86400)
+    ids = [fake.record_hook_delivery(f"missed-{n}", event="issue_comment", action="created",
+                                     status_code=503, delivered_at=now - 600 + n)
+           for n in range(MAX_PER_SWEEP + 20)]
+    with serve_in_thread(fake) as url:
+        auth = AppAuth(url, APP_ID, KEY_PEM, http=http)
+        client = GitHubClient(url, auth, http=http)
+        config = GitHubConfig(webhook_secrets=(Secret("s" * 20),), api_url=url, app_id=APP_ID,
+                              trigger_label=LABEL)
+        sweep = GitHubSweep(client, config)
+        assert await sweep.redeliver_failed(since=now - 86400) == MAX_PER_SWEEP
+        assert fake.hook_redeliveries == list(reversed(ids))[:MAX_PER_SWEEP]
+        assert old not in fake.hook_redeliveries
+        assert fake.requests.count(("GET", "/app/hook/deliveries")) == 2

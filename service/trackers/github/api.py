@@ -89,6 +89,15 @@ class GitHubAppCredential(Protocol):
         """The ids of every installation of the App."""
         ...
 
+    async def hook_deliveries(self, *, since: float, max_pages: int) -> list[dict[str, Any]]:
+        """The App webhook's deliveries since ``since`` (UNIX seconds), newest first, as
+        GitHub lists them (``GET /app/hook/deliveries``, at most ``max_pages`` pages)."""
+        ...
+
+    async def redeliver(self, delivery_id: int) -> None:
+        """Ask GitHub to send a delivery again (same ``X-GitHub-Delivery``)."""
+        ...
+
     async def check(self) -> str:
         """Verify the App's own credential online; a one-line summary (e.g. its slug)."""
         ...

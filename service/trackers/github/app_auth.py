@@ -11,7 +11,9 @@
 - concurrent callers asking for the same installation share one exchange;
 - a repository hook carries no installation id: ``installation_for`` finds it
   with ``GET /repos/{owner}/{repo}/installation``, cached per repository;
-- ``check`` verifies the App itself with ``GET /app``.
+- ``check`` verifies the App itself with ``GET /app``;
+- ``hook_deliveries`` and ``redeliver`` read the App webhook's delivery history and ask
+  for a delivery again (``service.trackers.github.redelivery`` decides which).
 
 Neither the private key nor any token appears in a message or a ``repr``.
 """
@@ -171,6 +173,25 @@ class AppAuth:
             url = next_page(response, self._api_url)
         return ids
 
+    async def hook_deliveries(self, *, since: float, max_pages: int) -> list[dict[str, Any]]:
+        """``GET /app/hook/deliveries`` (newest first, cursor pagination in ``Link``) until
+        an item delivered before ``since`` or ``max_pages`` pages."""
+        found: list[dict[str, Any]] = []
+        url: str | None = f"{self._api_url}/app/hook/deliveries?per_page={PER_PAGE}"
+        for _ in range(max_pages):
+            if url is None:
+                break
+            data, response = await self._app_send("GET", url)
+            items = [i for i in data if isinstance(i, dict)] if isinstance(data, list) else []
+            recent = [i for i in items if _delivered_at(i) >= since]
+            found += recent
+            url = next_page(response, self._api_url) if len(recent) == len(items) else None
+        return found
+
+    async def redeliver(self, delivery_id: int) -> None:
+        """``POST /app/hook/deliveries/{id}/attempts`` (GitHub answers 202)."""
+        await self._app_call("POST", f"/app/hook/deliveries/{delivery_id}/attempts")
+
     async def check(self) -> str:
         """Verify the App id and private key with ``GET /app``; e.g. ``GitHub App my-app …``."""
         data = await self._app_call("GET", "/app")
@@ -265,6 +286,14 @@ class AppAuth:
             return decipher_github_response(response, now=self._clock()), response
         except TokenRejected:
             raise TokenRejected(SERVICE, _REJECTED, status=response.status_code) from None
+
+
+def _delivered_at(item: dict[str, Any]) -> float:
+    """A hook delivery's ``delivered_at`` in UNIX seconds (0 when unreadable)."""
+    try:
+        return datetime.fromisoformat(str(item.get("delivered_at"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _parse_token(data: Any) -> _InstallationToken:

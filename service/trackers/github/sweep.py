@@ -10,6 +10,7 @@ every repository of its installations. Each is returned as the ``IssueEvent`` it
 consent holds as for a live delivery; unknown, it is nobody the author could be).
 Search allows 30 requests a minute: calls are spaced ``SEARCH_SPACING`` apart, and a
 query names at most ``TERMS_PER_QUERY`` repositories (its length is limited).
+``GitHubSweep.redeliver_failed`` has a GitHub App's failed deliveries sent again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.config import GitHubConfig
 from service.core.events import IssueEvent, Person
 from service.logging import get_logger
 from service.trackers.github.api import GitHubClient
+from service.trackers.github.redelivery import redeliver_failed
 
 log = get_logger("service.trackers.github")
 
@@ -44,6 +46,13 @@ class GitHubSweep:
         self._sleep = sleep
         self._clock = clock
         self._last_search = -SEARCH_SPACING
+
+    async def redeliver_failed(self, *, since: float) -> int:
+        """With a GitHub App, ask GitHub to send again the App webhook's failed deliveries
+        since ``since`` that the search cannot find (``redelivery``); how many. Without an
+        App there is no delivery history to read: 0."""
+        app = self.client.app
+        return 0 if app is None else await redeliver_failed(app, since=since)
 
     async def labelled_issues(self, *, since: float) -> list[IssueEvent]:
         """Every open issue with the trigger label updated at or after ``since`` (UNIX

@@ -67,6 +67,11 @@ class LinearSweep:
             found["team"] = {"key": {"in": list(self.config.teams)}}
         return found
 
+    async def redeliver_failed(self, *, since: float) -> int:
+        """Nothing to ask for: Linear retries a failed delivery itself (three times, up to
+        six hours later)."""
+        return 0
+
     async def labelled_issues(self, *, since: float) -> list[IssueEvent]:
         """Every open issue with the trigger label updated at or after ``since``."""
         found: list[IssueEvent] = []
