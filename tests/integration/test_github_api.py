@@ -199,6 +199,12 @@ async def test_a_comment_made_through_the_app_is_the_bridges_own(
         async def installations(self) -> list[int]:
             return [1]
 
+        async def hook_deliveries(self, *, since: float, max_pages: int) -> list[Any]:
+            return []
+
+        async def redeliver(self, delivery_id: int) -> None:
+            return None
+
         async def check(self) -> str:
             return "ok"
 
