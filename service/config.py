@@ -115,6 +115,10 @@ class CoderConfig:
     oauth2: OAuthClient | None = None
 
 
+#: Seconds added to GitHub's content-limit windows (see ``GitHubConfig.content_windows``).
+PACING_MARGIN = 1.0
+
+
 @dataclass(frozen=True)
 class GitHubConfig:
     """``[github]``: webhook secrets, API endpoint and credentials (token or App)."""
@@ -141,9 +145,13 @@ class GitHubConfig:
 
     @property
     def content_windows(self) -> tuple[tuple[int, float], ...]:
-        """(limit, seconds) windows for comment creation and edits; 0 disables a window."""
+        """(limit, seconds) windows for comment creation and edits; 0 disables a window.
+
+        Each window is ``PACING_MARGIN`` longer than GitHub's: GitHub counts requests as
+        they arrive, and a write sent a minute after another may arrive a little less
+        than a minute after it when the first one was slower on the way."""
         windows = ((self.comments_per_minute, 60.0), (self.comments_per_hour, 3600.0))
-        return tuple((limit, span) for limit, span in windows if limit > 0)
+        return tuple((limit, span + PACING_MARGIN) for limit, span in windows if limit > 0)
 
 
 @dataclass(frozen=True)
