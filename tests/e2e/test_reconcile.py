@@ -110,6 +110,8 @@ def test_a_github_apps_failed_deliveries_are_sent_again_and_acted_on(tmp_path: P
                                          action="created", status_code=401)
         history.record_hook_delivery("went-fine", event="issue_comment", action="created",
                                      status_code=200)
+        history.record_hook_delivery("an-edit", event="issue_comment", action="edited",
+                                     status_code=502)  # the bridge acts on new comments only
         history.hook_target = lambda sent, sent_headers: bridge.post_github(
             sent, sent_headers).status_code
 
@@ -121,6 +123,7 @@ def test_a_github_apps_failed_deliveries_are_sent_again_and_acted_on(tmp_path: P
         assert history.hook_attempts("stop-while-down") == [502, 200]
         assert len(history.hook_redeliveries) == 1
         assert history.hook_attempts("label-while-down") == [502]
+        assert history.hook_attempts("an-edit") == [502]
         assert history.hook_attempts("never-verifies") == [401, 401, 401]
         assert "reconcile_redelivered" in bridge.logs()
         assert comment_id in [c["id"] for c in bridge.comments()]

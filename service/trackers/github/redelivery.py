@@ -4,9 +4,9 @@ GitHub never retries a delivery that failed (the bridge was down, or answered 50
 keeps the history for three days. With a GitHub App, each reconciliation sweep reads the
 App webhook's deliveries within ``reconcile.lookback`` and asks GitHub to send again, once
 per delivery id (``guid``), those that never succeeded and that the search of the sweep
-cannot find again by itself: comments (the ``/agent`` commands) and the other ``issues``
-actions (``unlabeled``, ``closed``). A labelled or opened issue is left to the search,
-which finds it with its labeler, so that one missed label never arrives twice.
+cannot find again by itself: new comments (the ``/agent`` commands), unlabels and closes
+(``REDELIVERED``). A labelled or opened issue is left to the search, which finds it with
+its labeler, so that one missed label never arrives twice.
 
 A delivery the bridge refused on purpose (a bad signature, a malformed body) would fail
 again: a ``guid`` is asked for at most ``MAX_ATTEMPTS`` times in all, counting GitHub's
@@ -30,9 +30,11 @@ MAX_ATTEMPTS = 3
 #: Pages of 100 deliveries read per sweep, and redeliveries asked for per sweep.
 MAX_PAGES = 10
 MAX_PER_SWEEP = 100
-#: Events the bridge acts on that the sweep's search does not find again.
-REDELIVERED_EVENTS = frozenset({"issues", "issue_comment"})
-LEFT_TO_THE_SEARCH = frozenset({"labeled", "opened"})
+#: (event, action) the bridge acts on that the sweep's search does not find again; a
+#: missed ``labeled`` or ``opened`` is left to the search, and the rest (edits, the
+#: bridge's own comments being edited, ...) the bridge ignores anyway.
+REDELIVERED = frozenset({("issue_comment", "created"), ("issues", "unlabeled"),
+                         ("issues", "closed")})
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,8 @@ def to_redeliver(history: Sequence[HookDelivery]) -> list[HookDelivery]:
         newest = tries[0]
         if any(t.ok for t in tries) or len(tries) >= MAX_ATTEMPTS:
             continue
-        if newest.event not in REDELIVERED_EVENTS:
-            continue
-        if newest.event == "issues" and newest.action in LEFT_TO_THE_SEARCH:
-            continue
-        chosen.append(newest)
+        if (newest.event, newest.action) in REDELIVERED:
+            chosen.append(newest)
     return chosen[:MAX_PER_SWEEP]
 
 
