@@ -3,10 +3,10 @@
 GitHub never retries a delivery that failed (the bridge was down, or answered 503), and
 keeps the history for three days. With a GitHub App, each reconciliation sweep reads the
 App webhook's deliveries within ``reconcile.lookback`` and asks GitHub to send again (one
-request per delivery id, ``guid``, and sweep) those that never succeeded and that the search of the sweep
-cannot find again by itself: new comments (the ``/agent`` commands), unlabels and closes
-(``REDELIVERED``). A labelled or opened issue is left to the search, which finds it with
-its labeler, so that one missed label never arrives twice.
+request per delivery id, ``guid``, and sweep) those that never succeeded and that the
+search of the sweep cannot find again by itself: new comments (the ``/agent`` commands),
+unlabels and closes (``REDELIVERED``). A labelled or opened issue is left to the search,
+which finds it with its labeler, so that one missed label never arrives twice.
 
 A delivery the bridge refused on purpose (a bad signature, a malformed body) would fail
 again: a ``guid`` is asked for at most ``MAX_ATTEMPTS`` times in all, counting GitHub's
