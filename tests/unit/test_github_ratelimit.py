@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -333,3 +334,50 @@ async def test_deferrals_are_told_successive_slots_not_one_moment() -> None:
     with pytest.raises(PacingDeferred) as raised:  # asking ahead of the request: the same
         await limiter.check_room(5.0)
     assert time.now + raised.value.seconds - START == 181
+
+
+class MemoryLedger:
+    """The shared budget as the store keeps it, in memory."""
+
+    def __init__(self) -> None:
+        self.writes: list[float] = []
+
+    async def take(self, now: float, windows: Sequence[Window]) -> float:
+        wait = delay_needed(self.writes, windows, now)
+        if wait <= 0:
+            self.writes.append(now)
+        return wait
+
+    async def wait(self, now: float, windows: Sequence[Window]) -> float:
+        return delay_needed(self.writes, windows, now)
+
+
+async def test_deferrals_due_before_the_window_frees_push_no_later_slot_back() -> None:
+    """With the shared ledger: jobs deferred by the short window and jobs that then meet
+    the long one are each told the next place once the long window frees up, spaced at
+    the short window's pace, however many earlier deferrals are still to come back
+    (those come back before the window frees up and are deferred again)."""
+    time = FakeTime(start=0.0)
+    limiter = ContentRateLimiter([(2, 10.0), (4, 100.0)], clock=time.clock, sleep=time.sleep,
+                                 ledger=MemoryLedger())
+    for _ in range(2):
+        async with limiter.permit(max_wait=1.0):
+            pass
+
+    async def ask() -> float | None:
+        """Write now, or the moment the limiter says to come back."""
+        try:
+            async with limiter.permit(max_wait=1.0):
+                return None
+        except PacingDeferred as deferred:
+            return time.now + deferred.seconds
+
+    first = [await ask() for _ in range(6)]  # the short window is full: 10, 15, ... 35
+    assert first == [10.0, 15.0, 20.0, 25.0, 30.0, 35.0]
+    second = []
+    for slot in first:  # each comes back when told
+        time.now = slot
+        second.append(await ask())
+    # two write (the long window is then full until 100); the four others are told the
+    # places after 100, not pushed behind the earlier promises still outstanding
+    assert second == [None, None, 100.0, 105.0, 110.0, 115.0]

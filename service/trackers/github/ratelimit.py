@@ -165,11 +165,16 @@ class ContentRateLimiter:
         if self._ledger is None:
             planned = self._timestamps + self._promised  # both ascending, promised all > now
             slot = now + delay_needed(planned, self._windows, now)
-        else:  # the ledger knows the writes, not this process's promises: space them
-            slot = now + wait + self._spacing * len(self._promised)
-        if self._promised:
-            slot = max(slot, self._promised[-1])
-        self._promised.append(slot)
+            if self._promised:
+                slot = max(slot, self._promised[-1])
+        else:
+            # The ledger knows the writes, not this process's promises: space the slots
+            # after the moment there is room. Promises due before it do not count: their
+            # jobs come back first, find no room and are deferred again.
+            ready = now + wait
+            later = len(self._promised) - bisect.bisect_left(self._promised, ready)
+            slot = ready + self._spacing * later
+        bisect.insort(self._promised, slot)
         raise PacingDeferred("github", slot - now)
 
     def _forget_before(self, cutoff: float) -> None:
