@@ -12,7 +12,7 @@ check prints one readable line; a failing one starts with ``FAILED`` and counts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -68,14 +68,12 @@ def warnings(config: Config) -> list[str]:
 
 @dataclass
 class Report:
-    """The lines of an online check, and how many of them failed."""
+    """Says each line of an online check, and counts the failed ones."""
 
     say: Callable[[str], None] = print
     failures: int = 0
-    lines: list[str] = field(default_factory=list)
 
     def ok(self, line: str) -> None:
-        self.lines.append(line)
         self.say(line)
 
     def fail(self, what: str, why: str) -> None:
