@@ -761,17 +761,13 @@ class FakeGitHub:
 
     async def _list(self, request: Request, login: Identity) -> Response:
         params = request.path_params
-        per_page = _clamp(request.query_params.get("per_page"), default=30, low=1, high=100)
-        page = _clamp(request.query_params.get("page"), default=1, low=1, high=10**6)
         with self._lock:
             repo = self._find_issue(params["owner"], params["repo"], params["number"])
             if repo is None:
                 return github_error(404)
-            items = [c.data for c in self._issue_comments(repo.full_name, int(params["number"]))]
-            chunk = json.loads(json.dumps(items[(page - 1) * per_page : page * per_page]))
-        last = max(1, math.ceil(len(items) / per_page))
-        headers = _link_header(request, per_page, page, last)
-        return JSONResponse(chunk, headers=headers)
+            items = json.loads(json.dumps(
+                [c.data for c in self._issue_comments(repo.full_name, int(params["number"]))]))
+        return _paged(request, items, lambda chunk: chunk)
 
     async def _create(self, request: Request, login: Identity) -> Response:
         params = request.path_params
